@@ -1,0 +1,273 @@
+//! Checking connections out: the acquire path and the guard that returns them.
+
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::counters::{CloseReason, Counters};
+use super::state::{Handoff, Slot, Waiter};
+use super::{Connector, Inner};
+use crate::error::Error;
+
+/// A checked-out connection. Derefs to the connector's connection; dropping it returns the
+/// connection to the pool (or to the worker for a reset when it came back dirty).
+#[must_use = "dropping the guard returns the connection at once"]
+pub struct PooledConnection<C: Connector> {
+    slot: Option<Slot<C::Conn>>,
+    pool: Arc<Inner<C>>,
+    /// Set while the pool itself has a round trip in flight on the connection (the validation
+    /// ping), or by `discard`: the connection is closed instead of returned, for this reason.
+    poisoned: Option<CloseReason>,
+}
+
+impl<C: Connector> PooledConnection<C> {
+    fn new(pool: &Arc<Inner<C>>, slot: Slot<C::Conn>) -> Self {
+        Self {
+            slot: Some(slot),
+            pool: Arc::clone(pool),
+            poisoned: None,
+        }
+    }
+
+    fn slot(&self) -> &Slot<C::Conn> {
+        self.slot.as_ref().expect("slot present until drop")
+    }
+
+    /// Closes the connection instead of returning it (for example after an error that leaves
+    /// its state unknown).
+    pub fn discard(mut this: Self) {
+        this.poisoned = Some(CloseReason::Dirty);
+    }
+
+    /// The pool's id of this connection (stable for its lifetime, unique within the pool).
+    pub fn id(this: &Self) -> u64 {
+        this.slot().id
+    }
+
+    /// True when this checkout reused a connection that served an earlier one.
+    pub fn was_reused(this: &Self) -> bool {
+        this.slot().used
+    }
+}
+
+impl<C: Connector> Deref for PooledConnection<C> {
+    type Target = C::Conn;
+    fn deref(&self) -> &C::Conn {
+        &self.slot().conn
+    }
+}
+
+impl<C: Connector> DerefMut for PooledConnection<C> {
+    fn deref_mut(&mut self) -> &mut C::Conn {
+        &mut self.slot.as_mut().expect("slot present until drop").conn
+    }
+}
+
+impl<C: Connector> Drop for PooledConnection<C> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.pool.release(slot, self.poisoned);
+        }
+    }
+}
+
+impl<C: Connector> std::fmt::Debug for PooledConnection<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledConnection")
+            .field("id", &self.slot.as_ref().map(|s| s.id))
+            .field("pool", &self.pool.opts.name)
+            .finish()
+    }
+}
+
+/// A place in the waiter queue. Dropping it (cancellation, timeout) removes the place and gives
+/// back a connection that was handed over in the meantime.
+struct WaitGuard<'a, C: Connector> {
+    inner: &'a Arc<Inner<C>>,
+    id: u64,
+    rx: oneshot::Receiver<Handoff<C::Conn>>,
+    /// The acquire ended with an outcome it counted itself (success, timeout, failure).
+    settled: bool,
+}
+
+impl<C: Connector> Drop for WaitGuard<'_, C> {
+    fn drop(&mut self) {
+        {
+            let mut st = self.inner.lock();
+            if let Some(pos) = st.waiters.iter().position(|w| w.id == self.id) {
+                st.waiters.remove(pos);
+            }
+        }
+        // After removal nobody can send any more; anything already sent is ours to give back.
+        self.rx.close();
+        if let Ok(Handoff::Conn(slot)) = self.rx.try_recv() {
+            self.inner.release(slot, None);
+        }
+        if !self.settled {
+            Counters::inc(&self.inner.counters.acquires_cancelled);
+        }
+    }
+}
+
+enum Step<T> {
+    Got(Slot<T>),
+    Wait(u64, oneshot::Receiver<Handoff<T>>, u32),
+    Fail(Error),
+}
+
+pub(super) async fn acquire<C: Connector>(
+    inner: &Arc<Inner<C>>,
+    deadline: Instant,
+) -> Result<PooledConnection<C>, Error> {
+    let start = Instant::now();
+    let mut waited = false;
+    loop {
+        let step = {
+            let mut st = inner.lock();
+            if st.closed {
+                Step::Fail(Error::Closed)
+            } else if let Some(slot) = st.idle.pop() {
+                st.in_use += 1;
+                Step::Got(slot)
+            } else if let Some(e) = st
+                .last_error
+                .as_ref()
+                .filter(|e| e.is_permanent() && st.retry_at.is_some_and(|t| Instant::now() < t))
+            {
+                // The last connect failed for a reason waiting cannot heal, and the backoff
+                // has not yet allowed another try: fail fast with the real cause.
+                Step::Fail(Error::Connect(e.clone()))
+            } else {
+                let id = st.next_id();
+                let (tx, rx) = oneshot::channel();
+                st.waiters.push_back(Waiter { id, tx });
+                let n = inner.plan_connects(&mut st, Instant::now());
+                Step::Wait(id, rx, n)
+            }
+        };
+        let slot = match step {
+            Step::Fail(e) => {
+                Counters::inc(&inner.counters.acquires_failed);
+                return Err(e);
+            }
+            Step::Got(slot) => slot,
+            Step::Wait(id, rx, n) => {
+                waited = true;
+                for _ in 0..n {
+                    tokio::spawn(super::worker::connect_one(Arc::clone(inner)));
+                }
+                if n == 0 {
+                    // Connects are capped or backing off; the worker starts them when it may.
+                    inner.wake_worker();
+                }
+                // Cancellation safety: from here the WaitGuard owns our place in the queue.
+                let mut wait = WaitGuard {
+                    inner,
+                    id,
+                    rx,
+                    settled: false,
+                };
+                match tokio::time::timeout_at(deadline, &mut wait.rx).await {
+                    Ok(Ok(Handoff::Conn(slot))) => {
+                        wait.settled = true;
+                        slot
+                    }
+                    Ok(Ok(Handoff::Failed(e))) => {
+                        wait.settled = true;
+                        Counters::inc(&inner.counters.acquires_failed);
+                        return Err(Error::Connect(e));
+                    }
+                    Ok(Ok(Handoff::Closed) | Err(_)) => {
+                        wait.settled = true;
+                        Counters::inc(&inner.counters.acquires_failed);
+                        return Err(Error::Closed);
+                    }
+                    Err(_elapsed) => {
+                        wait.settled = true;
+                        drop(wait); // leave the queue before the snapshot
+                        Counters::inc(&inner.counters.acquires_timed_out);
+                        let st = inner.lock();
+                        return Err(Error::AcquireTimeout {
+                            waited: start.elapsed(),
+                            last_connect_error: st.last_error.clone(),
+                            status: st.status(inner.opts.max_size),
+                        });
+                    }
+                }
+            }
+        };
+
+        // Cancellation safety: the guard owns the slot from here; dropping it returns the
+        // connection, or closes it when poisoned by an unfinished validation ping.
+        let mut guard = PooledConnection::new(inner, slot);
+        if let Some(reason) = check(inner, &mut guard, deadline).await {
+            let slot = guard.slot.take().expect("slot present");
+            let (slot, _kill) = {
+                let mut st = inner.lock();
+                st.in_use -= 1;
+                inner.retire(&mut st, slot, reason)
+            };
+            drop(slot);
+            inner.notify_change();
+            inner.wake_worker();
+            if Instant::now() >= deadline {
+                Counters::inc(&inner.counters.acquires_timed_out);
+                let st = inner.lock();
+                return Err(Error::AcquireTimeout {
+                    waited: start.elapsed(),
+                    last_connect_error: st.last_error.clone(),
+                    status: st.status(inner.opts.max_size),
+                });
+            }
+            continue;
+        }
+        let c = &inner.counters;
+        Counters::inc(if waited {
+            &c.acquires_waited
+        } else {
+            &c.acquires_direct
+        });
+        if waited {
+            c.waited(start.elapsed());
+        }
+        if guard.slot().used {
+            Counters::inc(&c.reused);
+        }
+        return Ok(guard);
+    }
+}
+
+/// Checks a connection before it is handed out; returns why it must be closed instead.
+async fn check<C: Connector>(
+    inner: &Arc<Inner<C>>,
+    guard: &mut PooledConnection<C>,
+    deadline: Instant,
+) -> Option<CloseReason> {
+    let now = Instant::now();
+    let slot = guard.slot();
+    if now >= slot.expires {
+        return Some(CloseReason::Lifetime);
+    }
+    if inner.connector.is_closed(&slot.conn) {
+        return Some(CloseReason::Broken);
+    }
+    if now.saturating_duration_since(slot.idle_since) <= inner.opts.validation_window {
+        return None;
+    }
+    // Leave at least half of what remains for replacing a dead connection.
+    let remaining = deadline.saturating_duration_since(now);
+    let bound = now + inner.opts.validation_timeout.min(remaining / 2);
+    guard.poisoned = Some(CloseReason::FailedValidation);
+    let ok = matches!(
+        tokio::time::timeout_at(bound, inner.connector.validate(&guard.slot().conn)).await,
+        Ok(Ok(()))
+    );
+    if ok {
+        guard.poisoned = None;
+        None
+    } else {
+        Some(CloseReason::FailedValidation)
+    }
+}
