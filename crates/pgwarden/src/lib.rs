@@ -1,8 +1,15 @@
 //! pgwarden: a PostgreSQL connection pool manager.
 #![warn(missing_docs)]
 
+pub mod config;
+pub mod connect;
 pub mod error;
 pub mod pool;
+pub mod tls;
 
+pub use connect::{ConnectOptions, PgConn, PgConnector, PgTransaction, ResetPolicy, Sql};
 pub use error::{ConnectError, Error};
 pub use pool::{Connector, KillSwitch, Pool, PoolCounters, PoolOptions, PooledConnection, Status};
+
+/// A pool of PostgreSQL connections.
+pub type PgPool = Pool<PgConnector>;
