@@ -5,6 +5,7 @@ pub mod config;
 pub mod connect;
 pub mod error;
 pub mod pool;
+pub mod retry;
 pub mod tls;
 
 pub use connect::{ConnectOptions, PgConn, PgConnector, PgTransaction, ResetPolicy, Sql};

@@ -1,0 +1,116 @@
+//! Shared helpers: pools on harness servers, and the invariants checked after every fault.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgwarden::config::SslMode;
+use pgwarden::{ConnectOptions, PgConnector, PgPool, Pool, PoolOptions};
+use pgwarden_testdb::PgServer;
+use tokio::time::Instant;
+
+/// A unique application_name per pool, so each test finds its own sessions.
+pub fn app_name(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "pgw-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Pool options fit for tests: short timeouts so a hang shows as a failure quickly.
+pub fn test_opts(max: u32, min: u32) -> PoolOptions {
+    let mut o = PoolOptions::sized(max, min);
+    o.acquire_timeout = Duration::from_secs(5);
+    o.connect_timeout = Duration::from_secs(3);
+    o
+}
+
+pub fn connector(server: &PgServer, db: &str, app: &str) -> PgConnector {
+    connector_for(&server.pg_config(db), SslMode::Disable, None, app)
+}
+
+pub fn connector_for(
+    cfg: &tokio_postgres::Config,
+    mode: SslMode,
+    root: Option<&std::path::Path>,
+    app: &str,
+) -> PgConnector {
+    let mut co = ConnectOptions::default();
+    co.application_name = Some(app.to_owned());
+    co.connect_timeout = Duration::from_secs(3);
+    PgConnector::new(cfg, mode, root, co).expect("connector")
+}
+
+/// A pool on `server`'s database `db`, with its own application_name.
+pub fn pool(server: &PgServer, db: &str, tag: &str, opts: PoolOptions) -> (PgPool, String) {
+    let app = app_name(tag);
+    (Pool::new(connector(server, db, &app), opts), app)
+}
+
+/// The shared server and a fresh database on it.
+pub fn shared_db() -> (Arc<PgServer>, String) {
+    let server = PgServer::shared().expect("shared server");
+    let db = server.create_database(None).expect("database");
+    (server, db)
+}
+
+/// Polls `cond` every 20 ms until it holds or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let end = Instant::now() + within;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(Instant::now() < end, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs a blocking harness call off the runtime threads.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
+}
+
+/// The invariants of ../shared/FAULTS.md checked after every scenario, once the pool is quiet:
+/// never above max; PostgreSQL's sessions for the pool's application_name match the pool's own
+/// count; no session idle in transaction; no orphaned active query.
+pub async fn assert_invariants(server: &Arc<PgServer>, pool: &PgPool, app: &str) {
+    let max = pool.status().max;
+    // Let resets and reaping finish.
+    eventually(Duration::from_secs(10), "pool quiet", || async {
+        let s = pool.status();
+        s.in_use == 0 && s.opening == 0 && s.size == s.idle
+    })
+    .await;
+    let s = pool.status();
+    assert!(s.size <= max, "size within max: {s}");
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let size = pool.status().size as usize;
+        let (srv, app2) = (Arc::clone(server), app.to_owned());
+        let sessions = blocking(move || srv.sessions(&app2))
+            .await
+            .expect("sessions");
+        let bad: Vec<_> = sessions
+            .iter()
+            .filter(|s| s.state.as_deref() != Some("idle"))
+            .map(|s| format!("{} {:?} {:?}", s.pid, s.state, s.query))
+            .collect();
+        if sessions.len() == size && bad.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "invariants: pool size {size}, server sessions {}, not idle: {bad:?}",
+            sessions.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,11 @@
+//! Integration tests against real PostgreSQL servers started by `pgwarden-testdb`.
+//!
+//! One test binary with a module per area keeps link time down. Tests that only need a database
+//! share one server per process; tests that stop, restart, pause or reconfigure a server start
+//! their own.
+
+mod common;
+mod pool_basic;
+mod pool_clean;
+mod pool_faults;
+mod tls;
