@@ -13,6 +13,7 @@
 use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::task::AbortHandle;
@@ -23,6 +24,7 @@ use tokio_postgres::{CancelToken, Client, Row, Statement, ToStatement, Transacti
 use crate::config::SslMode;
 use crate::error::ConnectError;
 use crate::pool::{Connector, KillSwitch};
+use crate::statements::{CacheCounters, CacheStats, StatementCache};
 use crate::tls::{MakeRustls, TlsError};
 
 /// What is reset on a connection that was used in ways the pool cannot see.
@@ -50,6 +52,8 @@ pub struct ConnectOptions {
     pub keepalive_idle: Duration,
     /// What a reset does. Default: [`ResetPolicy::Rollback`].
     pub reset_policy: ResetPolicy,
+    /// Prepared statements cached per connection (LRU); 0 disables the cache. Default: 1000.
+    pub statement_cache_size: usize,
 }
 
 impl Default for ConnectOptions {
@@ -59,6 +63,7 @@ impl Default for ConnectOptions {
             application_name: Some("pgwarden".to_owned()),
             keepalive_idle: Duration::from_secs(30),
             reset_policy: ResetPolicy::Rollback,
+            statement_cache_size: 1000,
         }
     }
 }
@@ -74,6 +79,7 @@ pub struct PgConnector {
     hosts: Vec<HostTarget>,
     tls: MakeRustls,
     opts: ConnectOptions,
+    cache_counters: Arc<CacheCounters>,
 }
 
 impl std::fmt::Debug for PgConnector {
@@ -97,7 +103,24 @@ impl PgConnector {
     ) -> Result<Self, TlsError> {
         let tls = MakeRustls::new(ssl_mode, root_cert)?;
         let hosts = split_hosts(pg, ssl_mode, &opts);
-        Ok(Self { hosts, tls, opts })
+        Ok(Self {
+            hosts,
+            tls,
+            opts,
+            cache_counters: Arc::default(),
+        })
+    }
+
+    /// Statement cache counters of every connection this connector opened.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache_counters.snapshot()
+    }
+
+    fn new_cache(&self) -> Mutex<StatementCache<Statement>> {
+        Mutex::new(StatementCache::new(
+            self.opts.statement_cache_size,
+            Arc::clone(&self.cache_counters),
+        ))
     }
 
     /// The options.
@@ -210,12 +233,17 @@ impl Connector for PgConnector {
                             tracing::debug!(target = %label, error = %e, "connection ended with an error");
                         }
                     });
-                    return Ok(PgConn::new(
+                    return Ok(PgConn {
+                        cancel: client.cancel_token(),
                         client,
-                        driver.abort_handle(),
-                        self.tls.clone(),
-                        self.opts.reset_policy,
-                    ));
+                        tls: self.tls.clone(),
+                        driver: driver.abort_handle(),
+                        reset_policy: self.opts.reset_policy,
+                        cache: self.new_cache(),
+                        in_flight: AtomicU32::new(0),
+                        in_tx: AtomicBool::new(false),
+                        raw: AtomicBool::new(false),
+                    });
                 }
                 Ok(Err(e)) => last = Some(ConnectError::from_pg(&h.label, &e)),
                 Err(_) => {
@@ -278,6 +306,10 @@ impl Connector for PgConnector {
                 .batch_execute("DISCARD ALL")
                 .await
                 .map_err(err)?;
+            // The server dropped every prepared statement. (The Close each dropped handle
+            // sends is harmless: closing a nonexistent statement is not an error.)
+            let stale: Vec<Statement> = conn.cache().drain();
+            drop(stale);
         }
         conn.in_flight.store(0, Relaxed);
         conn.in_tx.store(false, Relaxed);
@@ -306,6 +338,10 @@ impl Connector for PgConnector {
 pub trait Sql: ToStatement + Sync {
     /// The SQL text, when known.
     fn text(&self) -> Option<&str>;
+    /// The prepared statement, when this is one.
+    fn prepared(&self) -> Option<&Statement> {
+        None
+    }
 }
 
 impl Sql for str {
@@ -324,6 +360,20 @@ impl Sql for Statement {
     fn text(&self) -> Option<&str> {
         None
     }
+    fn prepared(&self) -> Option<&Statement> {
+        Some(self)
+    }
+}
+
+/// 0A000 "cached plan must not change result type": a cached statement outlived a schema
+/// change.
+fn is_stale_plan(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| {
+        db.code().code() == "0A000"
+            && db
+                .message()
+                .contains("cached plan must not change result type")
+    })
 }
 
 /// True when `sql` starts with a transaction-control keyword (after blanks and comments).
@@ -365,6 +415,8 @@ pub struct PgConn {
     tls: MakeRustls,
     driver: AbortHandle,
     reset_policy: ResetPolicy,
+    /// Lock rule: held only to look up or insert, never across an `.await`.
+    cache: Mutex<StatementCache<Statement>>,
     /// Statements sent through the tracked methods and not yet answered.
     in_flight: AtomicU32,
     /// A transaction opened with `transaction()` has not finished.
@@ -397,21 +449,63 @@ impl<'a> InFlight<'a> {
 }
 
 impl PgConn {
-    fn new(
-        client: Client,
-        driver: AbortHandle,
-        tls: MakeRustls,
-        reset_policy: ResetPolicy,
-    ) -> Self {
-        Self {
-            cancel: client.cancel_token(),
-            client,
-            tls,
-            driver,
-            reset_policy,
-            in_flight: AtomicU32::new(0),
-            in_tx: AtomicBool::new(false),
-            raw: AtomicBool::new(false),
+    fn cache(&self) -> MutexGuard<'_, StatementCache<Statement>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Statements in this connection's cache.
+    pub fn cached_statements(&self) -> usize {
+        self.cache().len()
+    }
+
+    /// The prepared statement for `sql`, from the cache or prepared (and cached) now.
+    ///
+    /// # Errors
+    /// The server's error preparing it, or a closed connection.
+    pub async fn prepare_cached(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(s) = self.cache().get(sql) {
+            return Ok(s);
+        }
+        self.note(sql);
+        let stmt = self.tracked(self.client.prepare(sql)).await?;
+        let evicted = self.cache().insert(sql, stmt.clone());
+        // Dropping the evicted statement queues its Close on this connection.
+        drop(evicted);
+        Ok(stmt)
+    }
+
+    /// Runs `run` with the statement for `sql`: cached when the text is known and the cache is
+    /// on. When the server says a cached plan went stale (0A000 "cached plan must not change
+    /// result type", after a schema change), the statement is dropped, prepared again and run
+    /// once more — safe, since the failed execution did nothing.
+    async fn with_statement<T, R, F, Fut>(
+        &self,
+        sql: &T,
+        run: F,
+    ) -> Result<R, tokio_postgres::Error>
+    where
+        T: Sql + ?Sized,
+        F: Fn(Statement) -> Fut,
+        Fut: Future<Output = Result<R, tokio_postgres::Error>>,
+    {
+        self.note(sql);
+        let text = match (sql.prepared(), sql.text()) {
+            (Some(stmt), _) => return self.tracked(run(stmt.clone())).await,
+            (None, Some(text)) => text,
+            (None, None) => unreachable!("Sql gives a text or a statement"),
+        };
+        if !self.cache().enabled() {
+            let stmt = self.tracked(self.client.prepare(text)).await?;
+            return self.tracked(run(stmt)).await;
+        }
+        let stmt = self.prepare_cached(text).await?;
+        match self.tracked(run(stmt)).await {
+            Err(e) if is_stale_plan(&e) => {
+                drop(self.cache().remove(text));
+                let stmt = self.prepare_cached(text).await?;
+                self.tracked(run(stmt)).await
+            }
+            other => other,
         }
     }
 
@@ -466,8 +560,8 @@ impl PgConn {
         sql: &T,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, tokio_postgres::Error> {
-        self.note(sql);
-        self.tracked(self.client.query(sql, params)).await
+        self.with_statement(sql, |s| async move { self.client.query(&s, params).await })
+            .await
     }
 
     /// Runs a statement returning exactly one row.
@@ -479,8 +573,11 @@ impl PgConn {
         sql: &T,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Row, tokio_postgres::Error> {
-        self.note(sql);
-        self.tracked(self.client.query_one(sql, params)).await
+        self.with_statement(
+            sql,
+            |s| async move { self.client.query_one(&s, params).await },
+        )
+        .await
     }
 
     /// Runs a statement returning at most one row.
@@ -492,8 +589,11 @@ impl PgConn {
         sql: &T,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>, tokio_postgres::Error> {
-        self.note(sql);
-        self.tracked(self.client.query_opt(sql, params)).await
+        self.with_statement(
+            sql,
+            |s| async move { self.client.query_opt(&s, params).await },
+        )
+        .await
     }
 
     /// Runs a statement and returns the number of rows it affected.
@@ -505,8 +605,11 @@ impl PgConn {
         sql: &T,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, tokio_postgres::Error> {
-        self.note(sql);
-        self.tracked(self.client.execute(sql, params)).await
+        self.with_statement(
+            sql,
+            |s| async move { self.client.execute(&s, params).await },
+        )
+        .await
     }
 
     /// Prepares a statement (closed on the server when the last clone is dropped).

@@ -6,6 +6,7 @@ pub mod connect;
 pub mod error;
 pub mod pool;
 pub mod retry;
+pub mod statements;
 pub mod tls;
 
 pub use connect::{ConnectOptions, PgConn, PgConnector, PgTransaction, ResetPolicy, Sql};
