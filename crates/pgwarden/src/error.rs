@@ -163,6 +163,86 @@ pub enum Error {
     /// The pool was closed: no new connections are handed out.
     #[error("pool closed: the pool was shut down and hands out no more connections")]
     Closed,
+
+    /// The statement failed: the server's error (constraint, syntax, permission …) or a broken
+    /// connection when nothing could have committed. Final.
+    #[error("query failed: {}{}", describe(.0), retried_note(*.1))]
+    Query(tokio_postgres::Error, u32),
+
+    /// The statement ran longer than the query timeout. It was cancelled on the server;
+    /// `ended` says whether it provably stopped (the connection was then reused) or the
+    /// connection was closed to make sure.
+    #[error(
+        "query timed out after {}ms (DB_QUERY_TIMEOUT) and was cancelled on the server{}",
+        after.as_millis(),
+        if *ended { "" } else { "; it did not confirm the cancel in time, so its connection was closed" }
+    )]
+    QueryTimeout {
+        /// The timeout that fired.
+        after: Duration,
+        /// The statement provably ended (57014 after the cancel).
+        ended: bool,
+        /// The statement may have written and did not provably end: its outcome is unknown.
+        unknown: bool,
+    },
+
+    /// The connection was lost after a statement that may write (or a COMMIT) was sent: it may
+    /// or may not have committed. It was not retried. Check whether it took effect before
+    /// running it again, or mark the call idempotent if running it twice is harmless.
+    #[error("outcome unknown: the connection was lost after the statement was sent, so it may or may not have committed ({}); it was not retried", describe(.0))]
+    OutcomeUnknown(tokio_postgres::Error),
+
+    /// Retries ran out (attempts or budget) on a transient failure; the last failure is inside.
+    #[error("gave up after {attempts} attempts ({}ms): {last}", elapsed.as_millis())]
+    RetriesExhausted {
+        /// Attempts made.
+        attempts: u32,
+        /// Time spent.
+        elapsed: Duration,
+        /// The last failure.
+        last: Box<Error>,
+    },
+}
+
+/// The server's message and SQLSTATE, or the connection problem — once, without the
+/// "db error:" prefix chain.
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!(
+            "{}: {} [SQLSTATE {}]",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        );
+        if let Some(d) = db.detail() {
+            s.push_str("; detail: ");
+            s.push_str(d);
+        }
+        if let Some(h) = db.hint() {
+            s.push_str("; hint: ");
+            s.push_str(h);
+        }
+        return s;
+    }
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(x) = src {
+        let t = x.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = x.source();
+    }
+    s
+}
+
+fn retried_note(retries: u32) -> String {
+    match retries {
+        0 => String::new(),
+        1 => " (after 1 retry)".to_owned(),
+        n => format!(" (after {n} retries)"),
+    }
 }
 
 fn advice(last: Option<&ConnectError>) -> &'static str {
@@ -178,7 +258,42 @@ impl Error {
         match self {
             Error::AcquireTimeout { .. } => true,
             Error::Connect(e) => !e.is_permanent(),
-            Error::Closed => false,
+            Error::Closed | Error::OutcomeUnknown(_) | Error::QueryTimeout { .. } => false,
+            Error::Query(e, _) => e.code().is_some_and(|c| {
+                matches!(c.code(), "40001" | "40P01" | "55P03" | "53300" | "57P03")
+            }),
+            Error::RetriesExhausted { last, .. } => last.is_transient(),
+        }
+    }
+
+    /// True when a write may or may not have committed: the caller must check before running
+    /// it again.
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            Error::OutcomeUnknown(_) => true,
+            Error::QueryTimeout { unknown, .. } => *unknown,
+            Error::RetriesExhausted { last, .. } => last.outcome_unknown(),
+            _ => false,
+        }
+    }
+
+    /// The server's SQLSTATE, when the server answered with an error.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Query(e, _) | Error::OutcomeUnknown(e) => e.code().map(|c| c.code()),
+            Error::Connect(e) => e.code(),
+            Error::QueryTimeout { .. } => Some("57014"),
+            Error::RetriesExhausted { last, .. } => last.code(),
+            _ => None,
+        }
+    }
+
+    /// The underlying tokio-postgres error, when there is one.
+    pub fn pg_error(&self) -> Option<&tokio_postgres::Error> {
+        match self {
+            Error::Query(e, _) | Error::OutcomeUnknown(e) => Some(e),
+            Error::RetriesExhausted { last, .. } => last.pg_error(),
+            _ => None,
         }
     }
 }

@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+mod conn;
 pub mod connect;
 pub mod error;
 pub mod pool;
@@ -9,7 +10,8 @@ pub mod retry;
 pub mod statements;
 pub mod tls;
 
-pub use connect::{ConnectOptions, PgConn, PgConnector, PgTransaction, ResetPolicy, Sql};
+pub use conn::{PgConn, PgTransaction, Sql};
+pub use connect::{ConnectOptions, PgConnector, ResetPolicy};
 pub use error::{ConnectError, Error};
 pub use pool::{Connector, KillSwitch, Pool, PoolCounters, PoolOptions, PooledConnection, Status};
 

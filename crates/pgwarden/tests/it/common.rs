@@ -100,7 +100,7 @@ pub async fn assert_invariants(server: &Arc<PgServer>, pool: &PgPool, app: &str)
             .expect("sessions");
         let bad: Vec<_> = sessions
             .iter()
-            .filter(|s| s.state.as_deref() != Some("idle"))
+            .filter(|s| s.state != "idle")
             .map(|s| format!("{} {:?} {:?}", s.pid, s.state, s.query))
             .collect();
         if sessions.len() == size && bad.is_empty() {
