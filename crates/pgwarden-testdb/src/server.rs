@@ -177,8 +177,9 @@ host    all             all         127.0.0.1/32    scram-sha-256
 /// folder. Exits by itself once the folder is gone (normal drop). Arguments: pid, folder.
 const WATCHDOG: &str = r#"
 P=$1; D=$2
+# A zombie counts as gone: the reaper of orphans may be slow to collect it.
 alive() {
-  s=$(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' /proc/$P/status 2>/dev/null)
+  s=$(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' /proc/$1/status 2>/dev/null)
   case "$s" in ''|Z|X) return 1;; esac
   return 0
 }
@@ -189,14 +190,14 @@ sig_children() {
     if [ "$2" = "$pm" ]; then p=${f#/proc/}; kill -$SIG "${p%/stat}" 2>/dev/null; fi
   done
 }
-while [ -d "$D" ] && alive; do sleep 0.2; done
+while [ -d "$D" ] && alive "$P"; do sleep 0.2; done
 [ -d "$D" ] || exit 0
 pm=$(head -n1 "$D/data/postmaster.pid" 2>/dev/null)
-if [ -n "$pm" ] && [ -d "/proc/$pm" ]; then
+if [ -n "$pm" ] && alive "$pm"; then
   SIG=CONT; kill -CONT "$pm" 2>/dev/null; sig_children
   kill -QUIT "$pm" 2>/dev/null
-  i=0; while [ -d "/proc/$pm" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
-  if [ -d "/proc/$pm" ]; then SIG=KILL; sig_children; kill -KILL "$pm" 2>/dev/null; fi
+  i=0; while alive "$pm" && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+  if alive "$pm"; then SIG=KILL; sig_children; kill -KILL "$pm" 2>/dev/null; fi
 fi
 rm -rf "$D"
 "#;
