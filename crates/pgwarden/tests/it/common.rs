@@ -11,7 +11,7 @@ use pgwarden_testdb::PgServer;
 use tokio::time::Instant;
 
 /// A unique application_name per pool, so each test finds its own sessions.
-pub fn app_name(tag: &str) -> String {
+pub(crate) fn app_name(tag: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!(
         "pgw-{tag}-{}-{}",
@@ -21,18 +21,18 @@ pub fn app_name(tag: &str) -> String {
 }
 
 /// Pool options fit for tests: short timeouts so a hang shows as a failure quickly.
-pub fn test_opts(max: u32, min: u32) -> PoolOptions {
+pub(crate) fn test_opts(max: u32, min: u32) -> PoolOptions {
     let mut o = PoolOptions::sized(max, min);
     o.acquire_timeout = Duration::from_secs(5);
     o.connect_timeout = Duration::from_secs(3);
     o
 }
 
-pub fn connector(server: &PgServer, db: &str, app: &str) -> PgConnector {
+pub(crate) fn connector(server: &PgServer, db: &str, app: &str) -> PgConnector {
     connector_for(&server.pg_config(db), SslMode::Disable, None, app)
 }
 
-pub fn connector_for(
+pub(crate) fn connector_for(
     cfg: &tokio_postgres::Config,
     mode: SslMode,
     root: Option<&std::path::Path>,
@@ -45,20 +45,20 @@ pub fn connector_for(
 }
 
 /// A pool on `server`'s database `db`, with its own application_name.
-pub fn pool(server: &PgServer, db: &str, tag: &str, opts: PoolOptions) -> (PgPool, String) {
+pub(crate) fn pool(server: &PgServer, db: &str, tag: &str, opts: PoolOptions) -> (PgPool, String) {
     let app = app_name(tag);
     (Pool::new(connector(server, db, &app), opts), app)
 }
 
 /// The shared server and a fresh database on it.
-pub fn shared_db() -> (Arc<PgServer>, String) {
+pub(crate) fn shared_db() -> (Arc<PgServer>, String) {
     let server = PgServer::shared().expect("shared server");
     let db = server.create_database(None).expect("database");
     (server, db)
 }
 
 /// Polls `cond` every 20 ms until it holds or `within` passes.
-pub async fn eventually<F, Fut>(within: Duration, what: &str, mut cond: F)
+pub(crate) async fn eventually<F, Fut>(within: Duration, what: &str, mut cond: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -74,14 +74,14 @@ where
 }
 
 /// Runs a blocking harness call off the runtime threads.
-pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.expect("blocking task")
 }
 
 /// The invariants of ../shared/FAULTS.md checked after every scenario, once the pool is quiet:
 /// never above max; PostgreSQL's sessions for the pool's application_name match the pool's own
 /// count; no session idle in transaction; no orphaned active query.
-pub async fn assert_invariants(server: &Arc<PgServer>, pool: &PgPool, app: &str) {
+pub(crate) async fn assert_invariants(server: &Arc<PgServer>, pool: &PgPool, app: &str) {
     let max = pool.status().max;
     // Let resets and reaping finish.
     eventually(Duration::from_secs(10), "pool quiet", || async {

@@ -122,17 +122,7 @@ async fn failing_statement_poisons_neither_pool_nor_connection() {
     assert_eq!(pid, again);
     drop(conn);
     // And the pool hands it out again, unchanged and clean.
-    let conn = pool.get().await.unwrap();
-    let row = conn
-        .query_one(
-            "SELECT pg_backend_pid(), now() = statement_timestamp()",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert_eq!(row.get::<_, i32>(0), pid);
-    assert!(row.get::<_, bool>(1), "not inside a transaction");
-    drop(conn);
+    assert_eq!(crate::pool_clean::assert_clean_checkout(&pool).await, pid);
     assert_eq!(pool.counters().closed.broken, 0);
     assert_invariants(&server, &pool, &app).await;
 }

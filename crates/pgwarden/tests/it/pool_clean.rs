@@ -8,21 +8,26 @@ use tokio::time::Instant;
 
 use crate::common::*;
 
-/// Checks out a connection and proves it is outside any transaction: `now()` is the
-/// transaction's start, equal to the statement's start only in autocommit.
-async fn assert_clean_checkout(pool: &pgwarden::PgPool) -> i32 {
+/// Checks out a connection and proves it is outside any transaction block (SAVEPOINT fails
+/// with 25P01 outside one) and that no sibling session of the pool is busy.
+pub(crate) async fn assert_clean_checkout(pool: &pgwarden::PgPool) -> i32 {
     let conn = pool.get().await.unwrap();
+    let err = conn
+        .client()
+        .batch_execute("SAVEPOINT probe")
+        .await
+        .expect_err("handed out inside a transaction block");
+    assert_eq!(err.code().map(|c| c.code()), Some("25P01"), "{err}");
     let row = conn
         .query_one(
-            "SELECT pg_backend_pid(), now() = statement_timestamp(), \
+            "SELECT pg_backend_pid(), \
              (SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() \
               AND application_name = current_setting('application_name') AND state <> 'idle')",
             &[],
         )
         .await
         .unwrap();
-    assert!(row.get::<_, bool>(1), "handed out inside a transaction");
-    assert_eq!(row.get::<_, i64>(2), 0, "a sibling session is busy");
+    assert_eq!(row.get::<_, i64>(1), 0, "a sibling session is busy");
     row.get(0)
 }
 
