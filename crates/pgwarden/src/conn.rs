@@ -257,6 +257,11 @@ impl PgConn {
         match self.tracked(run(stmt)).await {
             Err(e) if is_stale_plan(&e) => {
                 drop(self.cache().remove(text));
+                if self.in_tx.load(Relaxed) {
+                    // The failure aborted the transaction: running again inside it would only
+                    // meet 25P02. The next transaction prepares afresh.
+                    return Err(e);
+                }
                 let stmt = self.prepare_cached(text).await?;
                 self.tracked(run(stmt)).await
             }
@@ -379,6 +384,22 @@ impl PgConn {
     pub async fn batch_execute(&self, sql: &str) -> Result<(), tokio_postgres::Error> {
         self.raw.store(true, Relaxed);
         self.tracked(self.client.batch_execute(sql)).await
+    }
+
+    /// `BEGIN` for the manager's transaction API; the connection counts as dirty until
+    /// [`PgConn::finish`] completes.
+    pub(crate) async fn begin(&self) -> Result<(), tokio_postgres::Error> {
+        self.in_tx.store(true, Relaxed);
+        self.tracked(self.client.batch_execute("BEGIN")).await
+    }
+
+    /// `COMMIT` or `ROLLBACK` of a transaction opened with [`PgConn::begin`]. On success the
+    /// connection is clean again; on failure it stays marked for a reset.
+    pub(crate) async fn finish(&self, commit: bool) -> Result<(), tokio_postgres::Error> {
+        let sql = if commit { "COMMIT" } else { "ROLLBACK" };
+        self.tracked(self.client.batch_execute(sql)).await?;
+        self.in_tx.store(false, Relaxed);
+        Ok(())
     }
 
     /// Begins a transaction. It is rolled back unless committed; the connection counts as

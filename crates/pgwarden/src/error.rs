@@ -192,6 +192,11 @@ pub enum Error {
     #[error("outcome unknown: the connection was lost after the statement was sent, so it may or may not have committed ({}); it was not retried", describe(.0))]
     OutcomeUnknown(tokio_postgres::Error),
 
+    /// A statement in a transaction failed, the body returned `Ok` anyway, and the transaction
+    /// was rolled back: nothing was committed.
+    #[error("transaction rolled back: a statement in it failed ({0}) and the body still returned Ok; nothing was committed")]
+    RolledBack(String),
+
     /// Retries ran out (attempts or budget) on a transient failure; the last failure is inside.
     #[error("gave up after {attempts} attempts ({}ms): {last}", elapsed.as_millis())]
     RetriesExhausted {
@@ -258,7 +263,10 @@ impl Error {
         match self {
             Error::AcquireTimeout { .. } => true,
             Error::Connect(e) => !e.is_permanent(),
-            Error::Closed | Error::OutcomeUnknown(_) | Error::QueryTimeout { .. } => false,
+            Error::Closed
+            | Error::OutcomeUnknown(_)
+            | Error::QueryTimeout { .. }
+            | Error::RolledBack(_) => false,
             Error::Query(e, _) => e.code().is_some_and(|c| {
                 matches!(c.code(), "40001" | "40P01" | "55P03" | "53300" | "57P03")
             }),

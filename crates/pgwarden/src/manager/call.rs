@@ -1,0 +1,263 @@
+//! One statement call: the retry loop, the query timeout with its server-side cancel, and the
+//! classification that decides whether another attempt is safe.
+
+use std::future::{Future, IntoFuture};
+use std::marker::PhantomData;
+use std::pin::Pin;
+
+use tokio::time::Instant;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+use super::PoolManager;
+use crate::conn::PgConn;
+use crate::error::Error;
+use crate::retry::{classify, RetryClock, Verdict};
+use crate::PooledConnection;
+
+/// Statement parameters.
+pub type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// What a call returns: rows, one row, an optional row, or a row count.
+pub trait Op: sealed::Sealed + Send + Sync + 'static {
+    /// The call's result.
+    type Out: Send + 'static;
+    #[doc(hidden)]
+    fn run<'c>(
+        conn: &'c PgConn,
+        sql: &'c str,
+        params: Params<'c>,
+    ) -> impl Future<Output = Result<Self::Out, tokio_postgres::Error>> + Send + 'c;
+}
+
+/// `query`: every row.
+#[derive(Debug)]
+pub struct Rows;
+/// `query_one`: exactly one row.
+#[derive(Debug)]
+pub struct One;
+/// `query_opt`: zero or one row.
+#[derive(Debug)]
+pub struct Opt;
+/// `execute`: the number of rows affected.
+#[derive(Debug)]
+pub struct Exec;
+
+impl sealed::Sealed for Rows {}
+impl sealed::Sealed for One {}
+impl sealed::Sealed for Opt {}
+impl sealed::Sealed for Exec {}
+
+impl Op for Rows {
+    type Out = Vec<Row>;
+    fn run<'c>(
+        conn: &'c PgConn,
+        sql: &'c str,
+        params: Params<'c>,
+    ) -> impl Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send + 'c {
+        conn.query(sql, params)
+    }
+}
+
+impl Op for One {
+    type Out = Row;
+    fn run<'c>(
+        conn: &'c PgConn,
+        sql: &'c str,
+        params: Params<'c>,
+    ) -> impl Future<Output = Result<Row, tokio_postgres::Error>> + Send + 'c {
+        conn.query_one(sql, params)
+    }
+}
+
+impl Op for Opt {
+    type Out = Option<Row>;
+    fn run<'c>(
+        conn: &'c PgConn,
+        sql: &'c str,
+        params: Params<'c>,
+    ) -> impl Future<Output = Result<Option<Row>, tokio_postgres::Error>> + Send + 'c {
+        conn.query_opt(sql, params)
+    }
+}
+
+impl Op for Exec {
+    type Out = u64;
+    fn run<'c>(
+        conn: &'c PgConn,
+        sql: &'c str,
+        params: Params<'c>,
+    ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'c {
+        conn.execute(sql, params)
+    }
+}
+
+/// A statement call; `.await` it. By default it is treated as a possible write: it is retried
+/// only when it provably did not run. Mark it [`Call::idempotent`] when running it twice is
+/// harmless (reads, upserts keyed by a client id …) and it is also retried after a lost
+/// connection.
+#[must_use = "a call does nothing until it is awaited"]
+pub struct Call<'a, O: Op> {
+    db: &'a PoolManager,
+    sql: &'a str,
+    params: Params<'a>,
+    idempotent: bool,
+    _op: PhantomData<O>,
+}
+
+impl<'a, O: Op> Call<'a, O> {
+    pub(super) fn new(db: &'a PoolManager, sql: &'a str, params: Params<'a>) -> Self {
+        Self {
+            db,
+            sql,
+            params,
+            idempotent: false,
+            _op: PhantomData,
+        }
+    }
+
+    /// The call may run twice: retry it after a lost connection too.
+    pub fn idempotent(mut self) -> Self {
+        self.idempotent = true;
+        self
+    }
+}
+
+impl<'a, O: Op> IntoFuture for Call<'a, O> {
+    type Output = Result<O::Out, Error>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<O::Out, Error>> + Send + 'a>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(run::<O>(self.db, self.sql, self.params, self.idempotent))
+    }
+}
+
+/// The retry loop of one call.
+async fn run<O: Op>(
+    db: &PoolManager,
+    sql: &str,
+    params: Params<'_>,
+    idempotent: bool,
+) -> Result<O::Out, Error> {
+    let started = Instant::now();
+    let opts = &db.inner.opts;
+    let mut clock = RetryClock::new(opts.retry_attempts, opts.retry_budget);
+    let result = loop {
+        let now = Instant::now();
+        let mut deadline = now + db.inner.primary.options().acquire_timeout;
+        if let Some(end) = clock.budget_end() {
+            deadline = deadline.min(end);
+        }
+        match attempt::<O>(db, sql, params, idempotent, deadline).await {
+            Ok(v) => break Ok(v),
+            Err((e, Verdict::Retry)) => match clock.next_delay(Instant::now()) {
+                Some(delay) => {
+                    db.inner.stats.retry();
+                    tracing::debug!(sql, error = %e, delay_ms = delay.as_millis() as u64, "retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                None if clock.retries() == 0 => break Err(e),
+                None => {
+                    break Err(Error::RetriesExhausted {
+                        attempts: clock.retries() + 1,
+                        elapsed: started.elapsed(),
+                        last: Box::new(e),
+                    })
+                }
+            },
+            Err((Error::Query(pg, _), _)) => break Err(Error::Query(pg, clock.retries())),
+            Err((e, _)) => break Err(e),
+        }
+    };
+    db.inner.stats.call(started.elapsed(), &result);
+    result
+}
+
+type AttemptResult<T> = Result<T, (Error, Verdict)>;
+
+/// One attempt: a connection, the statement under the query timeout, and the verdict.
+async fn attempt<O: Op>(
+    db: &PoolManager,
+    sql: &str,
+    params: Params<'_>,
+    idempotent: bool,
+    deadline: Instant,
+) -> AttemptResult<O::Out> {
+    let conn = db.inner.primary.get_until(deadline).await.map_err(|e| {
+        let v = if e.is_transient() {
+            Verdict::Retry
+        } else {
+            Verdict::Fail
+        };
+        (e, v)
+    })?;
+    let started = Instant::now();
+    let (result, discard) = {
+        let fut = O::run(&conn, sql, params);
+        tokio::pin!(fut);
+        match tokio::time::timeout(db.inner.opts.query_timeout, &mut fut).await {
+            Ok(r) => (r.map_err(|pg| statement_error(pg, idempotent)), false),
+            Err(_) => after_timeout(db, &conn, fut, idempotent).await,
+        }
+    };
+    db.inner
+        .stats
+        .statement(sql, started.elapsed(), &db.inner.opts);
+    if discard {
+        PooledConnection::discard(conn);
+    }
+    result
+}
+
+/// The query timeout fired: cancel the statement on the server, then give it a moment to end.
+/// Returns the outcome and whether the connection must be closed (the statement did not
+/// provably end, so it may still run — or its cancel may still be on its way).
+async fn after_timeout<T, F>(
+    db: &PoolManager,
+    conn: &PgConn,
+    fut: Pin<&mut F>,
+    idempotent: bool,
+) -> (AttemptResult<T>, bool)
+where
+    F: Future<Output = Result<T, tokio_postgres::Error>>,
+{
+    let opts = &db.inner.opts;
+    let timeout_err = |ended: bool| Error::QueryTimeout {
+        after: opts.query_timeout,
+        ended,
+        unknown: !ended && !idempotent,
+    };
+    // Once cancel_query returns, the backend has been signalled: the cancel hits this
+    // statement, or is ignored if the statement already ended. It cannot reach a later one.
+    let cancelled = matches!(
+        tokio::time::timeout(
+            opts.cancel_grace,
+            conn.cancel_token().cancel_query(conn.tls())
+        )
+        .await,
+        Ok(Ok(()))
+    );
+    if !cancelled {
+        return (Err((timeout_err(false), Verdict::Fail)), true);
+    }
+    match tokio::time::timeout(opts.cancel_grace, fut).await {
+        // It finished just as the timeout fired: its result stands.
+        Ok(Ok(v)) => (Ok(v), false),
+        Ok(Err(pg)) if pg.code().is_some_and(|c| c.code() == "57014") => {
+            (Err((timeout_err(true), Verdict::Fail)), false)
+        }
+        Ok(Err(pg)) => (Err(statement_error(pg, idempotent)), false),
+        Err(_) => (Err((timeout_err(false), Verdict::Fail)), true),
+    }
+}
+
+fn statement_error(pg: tokio_postgres::Error, idempotent: bool) -> (Error, Verdict) {
+    match classify(&pg, idempotent, false, false) {
+        Verdict::OutcomeUnknown => (Error::OutcomeUnknown(pg), Verdict::OutcomeUnknown),
+        v => (Error::Query(pg, 0), v),
+    }
+}
