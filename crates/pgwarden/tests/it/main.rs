@@ -5,7 +5,9 @@
 //! their own.
 
 mod common;
+mod manager;
 mod pool_basic;
 mod pool_clean;
 mod pool_faults;
+mod proxy;
 mod tls;
