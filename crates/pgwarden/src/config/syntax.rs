@@ -316,11 +316,18 @@ pub(crate) fn parse_kv(s: &str, raw: &mut Raw) -> Result<(), TargetError> {
     }
 }
 
+/// Splits `scheme://` off any URL-looking string (not only postgres ones: a wrong scheme must
+/// be redacted too).
+fn any_scheme(s: &str) -> Option<(&str, &str)> {
+    let i = s.find("://")?;
+    Some((&s[..i + 3], &s[i + 3..]))
+}
+
 /// Strings of `s` that may be a password, to scrub from error messages whatever the parse
 /// reached: the URL's userinfo (raw and decoded) and the value after `password`.
 pub(crate) fn secret_candidates(s: &str) -> Vec<String> {
     let mut out = Vec::new();
-    if let Some(rest) = strip_scheme(s) {
+    if let Some((_, rest)) = any_scheme(s) {
         if let Some(i) = rest.rfind('@') {
             let creds = &rest[..i];
             if let Some((_, p)) = creds.split_once(':') {
@@ -332,18 +339,21 @@ pub(crate) fn secret_candidates(s: &str) -> Vec<String> {
     for (i, _) in s.match_indices("password") {
         let after = s[i + "password".len()..].trim_start();
         if let Some(v) = after.strip_prefix('=') {
-            let v = v.trim_start().trim_start_matches('\'');
-            let end = v
-                .find(|c: char| c.is_whitespace() || c == '&' || c == '\'')
-                .unwrap_or(v.len());
-            out.push(v[..end].to_string());
-            out.push(
-                percent_decode_str(&v[..end])
-                    .decode_utf8_lossy()
-                    .into_owned(),
-            );
+            let v = v.trim_start();
+            let value = match v.strip_prefix('\'') {
+                Some(q) => &q[..q.find('\'').unwrap_or(q.len())],
+                None => {
+                    &v[..v
+                        .find(|c: char| c.is_whitespace() || c == '&')
+                        .unwrap_or(v.len())]
+                }
+            };
+            out.push(value.to_string());
+            out.push(percent_decode_str(value).decode_utf8_lossy().into_owned());
         }
     }
+    // Very short strings would mask unrelated text; the structural masking covers them.
+    out.retain(|c| c.len() >= 3);
     out.sort_by_key(|s| std::cmp::Reverse(s.len()));
     out
 }
@@ -354,23 +364,35 @@ pub(crate) fn secret_candidates(s: &str) -> Vec<String> {
 /// `***`.
 pub(crate) fn redact_unparsed(s: &str) -> String {
     let s = s.trim();
-    let mut out = match strip_scheme(s) {
-        Some(rest) => {
-            let scheme = &s[..s.len() - rest.len()];
-            match rest.rfind('@') {
-                Some(i) => format!("{scheme}***{}", &rest[i..]),
-                None => {
-                    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-                    format!("{scheme}***{}", &rest[end..])
-                }
+    let mut out = match any_scheme(s) {
+        Some((scheme, rest)) => match rest.rfind('@') {
+            Some(i) => format!("{scheme}***{}", &rest[i..]),
+            None => {
+                let end = rest.find(['/', '?']).unwrap_or(rest.len());
+                format!("{scheme}***{}", &rest[end..])
             }
-        }
-        None => s.to_string(),
+        },
+        // key=value form: keep `known_key=value` tokens, mask every other token (a stray
+        // word may be a password written without its key).
+        None => s
+            .split_whitespace()
+            .map(|tok| match tok.split_once('=') {
+                Some((k, _))
+                    if k != "password"
+                        && (OWN.contains(&k)
+                            || PASSTHROUGH.contains(&k)
+                            || UNSUPPORTED_TLS.contains(&k)) =>
+                {
+                    tok.to_string()
+                }
+                Some((k, _)) if k == "password" => "password=***".to_string(),
+                _ => "***".to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
     };
     for secret in secret_candidates(s) {
-        if !secret.is_empty() {
-            out = out.replace(&secret, "***");
-        }
+        out = out.replace(&secret, "***");
     }
     // Any `password=` left (an unterminated quote, say): mask to the end of its value.
     let mut masked = String::new();
