@@ -385,7 +385,7 @@ pub(crate) fn redact_unparsed(s: &str) -> String {
                 {
                     tok.to_string()
                 }
-                Some((k, _)) if k == "password" => "password=***".to_string(),
+                Some(("password", _)) => "password=***".to_string(),
                 _ => "***".to_string(),
             })
             .collect::<Vec<_>>()
