@@ -43,9 +43,9 @@ pub struct Setting {
 }
 
 impl fmt::Display for Setting {
-    /// `DB_POOL_MAX=100  (production profile default)`
+    /// `DB_POOL_MAX=100  # production profile default` (the source as a shell comment).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}={}  ({})", self.variable, self.value, self.source)
+        write!(f, "{}={}  # {}", self.variable, self.value, self.source)
     }
 }
 

@@ -314,11 +314,11 @@ fn effective_lists_every_variable_with_sources() {
     assert_eq!(get("DATABASE_URL").source, Source::Default);
     assert_eq!(
         min.to_string(),
-        "DB_POOL_MIN=25  (production profile default)"
+        "DB_POOL_MIN=25  # production profile default"
     );
     assert_eq!(
         get("DB_POOL_MAX").to_string(),
-        "DB_POOL_MAX=80  (environment (DB_POOL_MAX))"
+        "DB_POOL_MAX=80  # environment (DB_POOL_MAX)"
     );
     assert_eq!(
         get("DB_PROFILE").source.to_string(),
