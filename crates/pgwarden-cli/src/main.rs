@@ -97,7 +97,10 @@ fn load(profile: Option<Profile>) -> Result<Config, ExitCode> {
 }
 
 fn print_config(config: &Config) -> ExitCode {
-    println!("# pgwarden effective configuration ({} profile)", config.profile);
+    println!(
+        "# pgwarden effective configuration ({} profile)",
+        config.profile
+    );
     for s in config.effective() {
         println!("{s}");
     }
@@ -185,7 +188,14 @@ async fn check(mut config: Config) -> ExitCode {
         "connect     ok in {connect_ms:.1} ms (TLS: {})",
         if ssl { "yes" } else { "no" }
     );
-    println!("server      PostgreSQL {short} ({})", if standby { "standby, read-only" } else { "primary, read-write" });
+    println!(
+        "server      PostgreSQL {short} ({})",
+        if standby {
+            "standby, read-only"
+        } else {
+            "primary, read-write"
+        }
+    );
     println!("            {version}");
     let wanted = config.pool.max_size
         + if config.failover.enabled && config.failover_url.is_none() {
@@ -195,7 +205,7 @@ async fn check(mut config: Config) -> ExitCode {
         };
     let available = max_conn - reserved;
     let verdict = if i64::from(wanted) > i64::from(available) {
-        format!("TOO SMALL: lower DB_POOL_MAX (or DB_FAILOVER_POOL_MAX), or raise the server's max_connections")
+        "TOO SMALL: lower DB_POOL_MAX (or DB_FAILOVER_POOL_MAX), or raise the server's max_connections".to_owned()
     } else {
         "fits".to_owned()
     };
@@ -206,7 +216,12 @@ async fn check(mut config: Config) -> ExitCode {
     let t = Instant::now();
     let mut ok = 0;
     for _ in 0..100 {
-        if manager.query_one("SELECT 1", &[]).idempotent().await.is_ok() {
+        if manager
+            .query_one("SELECT 1", &[])
+            .idempotent()
+            .await
+            .is_ok()
+        {
             ok += 1;
         }
     }

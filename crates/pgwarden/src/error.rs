@@ -160,6 +160,14 @@ pub enum Error {
     #[error("{0}; fix the connection settings (DATABASE_URL) — retrying will not help")]
     Connect(ConnectError),
 
+    /// The configuration is invalid: every problem, each with its variable and fix.
+    #[error("invalid configuration:\n{0}")]
+    Config(crate::config::ConfigError),
+
+    /// The TLS settings cannot be honoured.
+    #[error(transparent)]
+    Tls(crate::tls::TlsError),
+
     /// The pool was closed: no new connections are handed out.
     #[error("pool closed: the pool was shut down and hands out no more connections")]
     Closed,
@@ -264,6 +272,8 @@ impl Error {
             Error::AcquireTimeout { .. } => true,
             Error::Connect(e) => !e.is_permanent(),
             Error::Closed
+            | Error::Config(_)
+            | Error::Tls(_)
             | Error::OutcomeUnknown(_)
             | Error::QueryTimeout { .. }
             | Error::RolledBack(_) => false,

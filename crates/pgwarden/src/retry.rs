@@ -8,12 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// The brief's schedule: 100 ms, 500 ms, 2 s (each ±20% jitter); later retries repeat the last.
-pub const RETRY_DELAYS: [Duration; 3] = [
-    Duration::from_millis(100),
-    Duration::from_millis(500),
-    Duration::from_millis(2000),
-];
+use crate::config::RetryConfig;
 
 /// What to do after a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,8 +127,8 @@ impl RetryClock {
         if self.retries >= self.max_retries {
             return None;
         }
-        let base = RETRY_DELAYS[(self.retries as usize).min(RETRY_DELAYS.len() - 1)];
-        let delay = jitter(base);
+        // The brief's schedule (100 ms, 500 ms, 2 s, then 2 s again), each ±20%.
+        let delay = jitter(RetryConfig::delay_before(self.retries + 1));
         if now + delay >= end {
             return None;
         }

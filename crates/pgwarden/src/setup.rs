@@ -1,0 +1,99 @@
+//! From a [`Config`] to running pools: the one place where configuration meets machinery.
+
+use crate::config::{Config, ConfigError, DbTarget, PoolConfig, Problem};
+use crate::connect::{ConnectOptions, PgConnector};
+use crate::error::Error;
+use crate::manager::{ManagerOptions, PoolManager};
+use crate::pool::{Pool, PoolOptions};
+use crate::tls::TlsError;
+
+impl PoolOptions {
+    /// Pool options from the configuration's pool section, under `name`.
+    pub fn from_config(pool: &PoolConfig, name: &str) -> Self {
+        let mut o = PoolOptions::sized(pool.max_size, pool.min_idle);
+        o.name = name.to_owned();
+        o.connect_timeout = pool.connect_timeout;
+        o.acquire_timeout = pool.acquire_timeout;
+        o.idle_timeout = pool.idle_timeout;
+        o.max_lifetime = pool.max_lifetime;
+        o
+    }
+}
+
+impl ConnectOptions {
+    /// Connect options from the configuration.
+    pub fn from_config(config: &Config) -> Self {
+        ConnectOptions {
+            connect_timeout: config.pool.connect_timeout,
+            application_name: Some(config.pool.application_name.clone()),
+            statement_cache_size: config.query.statement_cache_size,
+            ..ConnectOptions::default()
+        }
+    }
+}
+
+impl ManagerOptions {
+    /// Query-path options from the configuration.
+    pub fn from_config(config: &Config) -> Self {
+        ManagerOptions {
+            query_timeout: config.query.query_timeout,
+            slow_query_threshold: config.query.slow_query_threshold,
+            retry_attempts: config.retry.attempts,
+            retry_budget: config.retry.budget,
+            ..ManagerOptions::default()
+        }
+    }
+}
+
+impl PgConnector {
+    /// A connector for `target` with the configuration's TLS root certificate and connect
+    /// options.
+    ///
+    /// # Errors
+    /// When the TLS settings cannot be honoured (verify-* without a usable root certificate).
+    pub fn for_target(target: &DbTarget, config: &Config) -> Result<Self, TlsError> {
+        PgConnector::new(
+            target.pg_config(),
+            target.ssl_mode(),
+            config.root_cert_for(target),
+            ConnectOptions::from_config(config),
+        )
+    }
+}
+
+impl PoolManager {
+    /// Loads the configuration from the environment (profile + `DB_*` overrides), validates
+    /// it, builds the pool and prewarms `DB_POOL_MIN` connections.
+    ///
+    /// # Errors
+    /// [`Error::Config`] with every configuration problem; otherwise as
+    /// [`PoolManager::from_config`].
+    pub async fn from_env() -> Result<Self, Error> {
+        let config = Config::from_env().map_err(Error::Config)?;
+        Self::from_config(&config).await
+    }
+
+    /// Builds the pool from a loaded configuration and prewarms it.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when `DATABASE_URL` is missing or the configuration is invalid,
+    /// [`Error::Tls`] when its TLS settings cannot be honoured, and the prewarm's error when
+    /// the server cannot be reached or refuses the credentials.
+    pub async fn from_config(config: &Config) -> Result<Self, Error> {
+        config.validate().map_err(Error::Config)?;
+        let Some(target) = config.database_url.as_ref() else {
+            return Err(Error::Config(ConfigError {
+                problems: vec![Problem {
+                    variable: "DATABASE_URL".into(),
+                    value: String::new(),
+                    message: "is not set".into(),
+                    fix: "set DATABASE_URL=postgres://user@host:5432/dbname".into(),
+                }],
+            }));
+        };
+        let connector = PgConnector::for_target(target, config).map_err(Error::Tls)?;
+        let pool = Pool::new(connector, PoolOptions::from_config(&config.pool, "primary"));
+        pool.prewarm().await?;
+        Ok(PoolManager::new(pool, ManagerOptions::from_config(config)))
+    }
+}
