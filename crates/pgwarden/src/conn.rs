@@ -3,10 +3,14 @@
 //! statement cache.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
+use std::task::{Context, Poll};
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::task::AbortHandle;
+use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{CancelToken, Client, Row, Statement, ToStatement, Transaction};
 
@@ -70,23 +74,81 @@ fn is_transaction_control(sql: &str) -> bool {
             break;
         }
     }
-    let word: String = s
-        .chars()
-        .take_while(char::is_ascii_alphabetic)
-        .collect::<String>()
-        .to_ascii_uppercase();
-    matches!(
-        word.as_str(),
-        "BEGIN"
-            | "START"
-            | "COMMIT"
-            | "END"
-            | "ROLLBACK"
-            | "ABORT"
-            | "SAVEPOINT"
-            | "RELEASE"
-            | "PREPARE"
-    )
+    let word = &s[..s.bytes().take_while(u8::is_ascii_alphabetic).count()];
+    [
+        "BEGIN",
+        "START",
+        "COMMIT",
+        "END",
+        "ROLLBACK",
+        "ABORT",
+        "SAVEPOINT",
+        "RELEASE",
+        "PREPARE",
+    ]
+    .iter()
+    .any(|k| word.eq_ignore_ascii_case(k))
+}
+
+/// Where to send a CancelRequest for a connection: the host it was opened to.
+#[derive(Debug, Clone)]
+pub(crate) enum CancelTarget {
+    Tcp { host: String, port: u16 },
+    Unix { path: std::path::PathBuf },
+}
+
+/// A stream whose shutdown also waits for the peer to close: used for CancelRequests, so that
+/// "sent" means "the server has acted on it".
+struct UntilEof<S> {
+    inner: S,
+    shut: bool,
+}
+
+impl<S> UntilEof<S> {
+    fn new(inner: S) -> Self {
+        Self { inner, shut: false }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for UntilEof<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for UntilEof<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if !self.shut {
+            std::task::ready!(Pin::new(&mut self.inner).poll_shutdown(cx))?;
+            self.shut = true;
+        }
+        let mut scratch = [0u8; 256];
+        loop {
+            let mut rb = ReadBuf::new(&mut scratch);
+            match std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, &mut rb)) {
+                Ok(()) if rb.filled().is_empty() => return Poll::Ready(Ok(())),
+                Ok(()) => {}
+                // A reset after the server closed is as good as a close.
+                Err(_) => return Poll::Ready(Ok(())),
+            }
+        }
+    }
 }
 
 /// A connection handed out by a [`crate::Pool`] of [`PgConnector`]. Its statement methods mirror
@@ -94,6 +156,7 @@ fn is_transaction_control(sql: &str) -> bool {
 pub struct PgConn {
     client: Client,
     cancel: CancelToken,
+    cancel_target: CancelTarget,
     tls: MakeRustls,
     driver: AbortHandle,
     /// Lock rule: held only to look up or insert, never across an `.await`.
@@ -134,10 +197,12 @@ impl PgConn {
         client: Client,
         driver: AbortHandle,
         tls: MakeRustls,
+        cancel_target: CancelTarget,
         cache: Mutex<StatementCache<Statement>>,
     ) -> Self {
         Self {
             cancel: client.cancel_token(),
+            cancel_target,
             client,
             tls,
             driver,
@@ -160,21 +225,23 @@ impl PgConn {
     /// Brings the session back to a clean state: cancels a statement left in flight, rolls
     /// back any transaction, and with `discard_all` (when the client was used raw) also runs
     /// `DISCARD ALL`.
-    pub(crate) async fn reset_session(
-        &self,
-        discard_all: bool,
-    ) -> Result<(), tokio_postgres::Error> {
+    pub(crate) async fn reset_session(&self, discard_all: bool) -> Result<(), String> {
         if self.in_flight.load(Relaxed) > 0 {
             // A statement was abandoned mid-flight: stop it on the server first, so the
-            // ROLLBACK below does not queue behind it. Once cancel_query returns, the server
-            // has signalled the backend: the cancel lands on that statement or, if it had
-            // already ended, is ignored while the backend waits for the next command. It can
-            // never hit a later statement.
-            self.cancel.cancel_query(self.tls.clone()).await?;
+            // ROLLBACK below does not queue behind it.
+            self.cancel_confirmed()
+                .await
+                .map_err(|e| format!("cancelling an abandoned statement: {e}"))?;
         }
-        self.client.batch_execute("ROLLBACK").await?;
+        let run = |sql: &'static str| async move {
+            self.client
+                .batch_execute(sql)
+                .await
+                .map_err(|e| format!("{sql}: {e}"))
+        };
+        run("ROLLBACK").await?;
         if discard_all && self.raw.load(Relaxed) {
-            self.client.batch_execute("DISCARD ALL").await?;
+            run("DISCARD ALL").await?;
             // The server dropped every prepared statement. (The Close each dropped handle
             // sends is harmless: closing a nonexistent statement is not an error.)
             let stale: Vec<Statement> = self.cache().drain();
@@ -202,6 +269,37 @@ impl PgConn {
             }
             Err(_) => driver.abort(),
         })
+    }
+
+    /// Cancels the statement running on this connection and returns only once the server has
+    /// acted on the request: PostgreSQL signals the backend, then closes the cancel connection,
+    /// and this waits for that close (tokio-postgres's own `cancel_query` returns as soon as the
+    /// request is written). So the cancel lands on the statement running now or — if that one
+    /// already ended — is ignored while the backend waits for its next command; it cannot hit a
+    /// statement sent after this returns.
+    ///
+    /// # Errors
+    /// When the cancel connection cannot be made or the request not sent.
+    pub async fn cancel_confirmed(&self) -> std::io::Result<()> {
+        let sent = match &self.cancel_target {
+            CancelTarget::Tcp { host, port } => {
+                let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+                let tls = <MakeRustls as MakeTlsConnect<UntilEof<tokio::net::TcpStream>>>::make_tls_connect(
+                    &mut self.tls.clone(),
+                    host,
+                )?;
+                self.cancel
+                    .cancel_query_raw(UntilEof::new(stream), tls)
+                    .await
+            }
+            CancelTarget::Unix { path } => {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                self.cancel
+                    .cancel_query_raw(UntilEof::new(stream), tokio_postgres::NoTls)
+                    .await
+            }
+        };
+        sent.map_err(std::io::Error::other)
     }
 
     fn cache(&self) -> MutexGuard<'_, StatementCache<Statement>> {
@@ -257,7 +355,7 @@ impl PgConn {
         match self.tracked(run(stmt)).await {
             Err(e) if is_stale_plan(&e) => {
                 drop(self.cache().remove(text));
-                if self.in_tx.load(Relaxed) {
+                if self.in_tx.load(Relaxed) || self.raw.load(Relaxed) {
                     // The failure aborted the transaction: running again inside it would only
                     // meet 25P02. The next transaction prepares afresh.
                     return Err(e);

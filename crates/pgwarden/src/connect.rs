@@ -18,7 +18,7 @@ use tokio_postgres::config::Host;
 use tokio_postgres::Statement;
 
 use crate::config::SslMode;
-use crate::conn::PgConn;
+use crate::conn::{CancelTarget, PgConn};
 use crate::error::ConnectError;
 use crate::pool::{Connector, KillSwitch};
 use crate::statements::{CacheCounters, CacheStats, StatementCache};
@@ -68,6 +68,7 @@ impl Default for ConnectOptions {
 struct HostTarget {
     label: String,
     config: tokio_postgres::Config,
+    cancel: CancelTarget,
 }
 
 /// Opens tokio-postgres connections to one target, trying its hosts in turn, each within the
@@ -166,20 +167,39 @@ fn split_hosts(
                 .or_else(|| ports.first())
                 .copied()
                 .unwrap_or(5432);
-            let (label, unix) = match hosts.get(i) {
+            let (label, unix, mut cancel) = match hosts.get(i) {
                 Some(Host::Tcp(h)) => {
                     c.host(h);
-                    (format!("{h}:{port}"), false)
+                    let cancel = CancelTarget::Tcp {
+                        host: h.clone(),
+                        port,
+                    };
+                    (format!("{h}:{port}"), false, cancel)
                 }
                 Some(Host::Unix(p)) => {
                     c.host_path(p);
-                    (format!("{}/.s.PGSQL.{port}", p.display()), true)
+                    let path = p.join(format!(".s.PGSQL.{port}"));
+                    (
+                        path.display().to_string(),
+                        true,
+                        CancelTarget::Unix { path },
+                    )
                 }
-                None => (String::from("?"), false),
+                None => (
+                    String::from("?"),
+                    false,
+                    CancelTarget::Tcp {
+                        host: String::new(),
+                        port,
+                    },
+                ),
             };
             let label = match hostaddrs.get(i) {
                 Some(addr) => {
                     c.hostaddr(*addr);
+                    if let CancelTarget::Tcp { host, .. } = &mut cancel {
+                        *host = addr.to_string();
+                    }
                     if hosts.is_empty() {
                         format!("{addr}:{port}")
                     } else {
@@ -206,6 +226,7 @@ fn split_hosts(
             HostTarget {
                 label: format!("{label}/{db}"),
                 config: c,
+                cancel,
             }
         })
         .collect()
@@ -234,6 +255,7 @@ impl Connector for PgConnector {
                         client,
                         driver.abort_handle(),
                         self.tls.clone(),
+                        h.cancel.clone(),
                         self.new_cache(),
                     ));
                 }
@@ -281,7 +303,7 @@ impl Connector for PgConnector {
     async fn reset<'a>(&'a self, conn: &'a PgConn) -> Result<(), ConnectError> {
         conn.reset_session(self.opts.reset_policy == ResetPolicy::DiscardAll)
             .await
-            .map_err(|e| ConnectError::from_pg(self.target(), &e))
+            .map_err(|e| ConnectError::transient(self.target(), e))
     }
 
     fn kill(&self, conn: &PgConn) -> KillSwitch {

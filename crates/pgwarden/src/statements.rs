@@ -77,13 +77,12 @@ impl<V: Clone> StatementCache<V> {
         }
     }
 
-    /// Caches `v` for `sql`; returns the statement evicted to make room, for the caller to drop
-    /// outside any lock.
+    /// Caches `v` for `sql`; returns the statement it evicted or replaced, for the caller to
+    /// drop outside any lock.
     pub fn insert(&mut self, sql: &str, v: V) -> Option<V> {
         let lru = self.lru.as_mut()?;
         if lru.contains(sql) {
-            lru.put(sql.to_owned(), v);
-            return None;
+            return lru.put(sql.to_owned(), v);
         }
         let evicted = lru.push(sql.to_owned(), v).map(|(_, old)| old);
         if evicted.is_some() {
@@ -149,7 +148,7 @@ mod tests {
         let mut c = StatementCache::new(2, Arc::default());
         c.insert("a", 1);
         c.insert("b", 2);
-        assert_eq!(c.insert("a", 10), None);
+        assert_eq!(c.insert("a", 10), Some(1));
         assert_eq!(c.get("a"), Some(10));
         assert_eq!(c.len(), 2);
     }

@@ -231,14 +231,10 @@ where
         ended,
         unknown: !ended && !idempotent,
     };
-    // Once cancel_query returns, the backend has been signalled: the cancel hits this
+    // Once the cancel is confirmed, the backend has been signalled: the cancel hits this
     // statement, or is ignored if the statement already ended. It cannot reach a later one.
     let cancelled = matches!(
-        tokio::time::timeout(
-            opts.cancel_grace,
-            conn.cancel_token().cancel_query(conn.tls())
-        )
-        .await,
+        tokio::time::timeout(opts.cancel_grace, conn.cancel_confirmed()).await,
         Ok(Ok(()))
     );
     if !cancelled {

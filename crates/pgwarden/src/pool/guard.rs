@@ -90,11 +90,13 @@ struct WaitGuard<'a, C: Connector> {
     rx: oneshot::Receiver<Handoff<C::Conn>>,
     /// The acquire ended with an outcome it counted itself (success, timeout, failure).
     settled: bool,
+    /// Whoever sent us a hand-off already took us off the queue: no search needed.
+    dequeued: bool,
 }
 
 impl<C: Connector> Drop for WaitGuard<'_, C> {
     fn drop(&mut self) {
-        {
+        if !self.dequeued {
             let mut st = self.inner.lock();
             if let Some(pos) = st.waiters.iter().position(|w| w.id == self.id) {
                 st.waiters.remove(pos);
@@ -113,7 +115,8 @@ impl<C: Connector> Drop for WaitGuard<'_, C> {
 
 enum Step<T> {
     Got(Slot<T>),
-    Wait(u64, oneshot::Receiver<Handoff<T>>, u32),
+    /// Queued: the waiter's id, its receiver, connects to spawn, whether to wake the worker.
+    Wait(u64, oneshot::Receiver<Handoff<T>>, u32, bool),
     Fail(Error),
 }
 
@@ -123,6 +126,8 @@ pub(super) async fn acquire<C: Connector>(
 ) -> Result<PooledConnection<C>, Error> {
     let start = Instant::now();
     let mut waited = false;
+    // After a connection failed its check, the caller keeps its place at the head of the queue.
+    let mut front = false;
     loop {
         let step = {
             let mut st = inner.lock();
@@ -131,20 +136,28 @@ pub(super) async fn acquire<C: Connector>(
             } else if let Some(slot) = st.idle.pop() {
                 st.in_use += 1;
                 Step::Got(slot)
-            } else if let Some(e) = st
-                .last_error
-                .as_ref()
-                .filter(|e| e.is_permanent() && st.retry_at.is_some_and(|t| Instant::now() < t))
-            {
-                // The last connect failed for a reason waiting cannot heal, and the backoff
-                // has not yet allowed another try: fail fast with the real cause.
+            } else if let Some(e) = st.last_error.as_ref().filter(|e| {
+                e.is_permanent()
+                    && st.open_count() == 0
+                    && st.retry_at.is_some_and(|t| Instant::now() < t)
+            }) {
+                // No connection is open, the last connect failed for a reason waiting cannot
+                // heal, and the backoff has not yet allowed another try: fail fast with the
+                // real cause. (With connections open, a returning one may serve us.)
                 Step::Fail(Error::Connect(e.clone()))
             } else {
                 let id = st.next_id();
                 let (tx, rx) = oneshot::channel();
-                st.waiters.push_back(Waiter { id, tx });
+                if front {
+                    st.waiters.push_front(Waiter { id, tx });
+                } else {
+                    st.waiters.push_back(Waiter { id, tx });
+                }
                 let n = inner.plan_connects(&mut st, Instant::now());
-                Step::Wait(id, rx, n)
+                // Connects are wanted but held back (backoff, handshake cap): the worker
+                // starts them when it may. A merely full pool needs no worker.
+                let wake = n == 0 && st.size < inner.opts.max_size;
+                Step::Wait(id, rx, n, wake)
             }
         };
         let slot = match step {
@@ -152,14 +165,18 @@ pub(super) async fn acquire<C: Connector>(
                 Counters::inc(&inner.counters.acquires_failed);
                 return Err(e);
             }
-            Step::Got(slot) => slot,
-            Step::Wait(id, rx, n) => {
+            Step::Got(slot) => {
+                // An idle connection never makes acquire wait: let a loop of acquires still
+                // yield to other tasks now and then.
+                tokio::task::coop::consume_budget().await;
+                slot
+            }
+            Step::Wait(id, rx, n, wake) => {
                 waited = true;
                 for _ in 0..n {
                     tokio::spawn(super::worker::connect_one(Arc::clone(inner)));
                 }
-                if n == 0 {
-                    // Connects are capped or backing off; the worker starts them when it may.
+                if wake {
                     inner.wake_worker();
                 }
                 // Cancellation safety: from here the WaitGuard owns our place in the queue.
@@ -168,19 +185,23 @@ pub(super) async fn acquire<C: Connector>(
                     id,
                     rx,
                     settled: false,
+                    dequeued: false,
                 };
                 match tokio::time::timeout_at(deadline, &mut wait.rx).await {
                     Ok(Ok(Handoff::Conn(slot))) => {
                         wait.settled = true;
+                        wait.dequeued = true;
                         slot
                     }
                     Ok(Ok(Handoff::Failed(e))) => {
                         wait.settled = true;
+                        wait.dequeued = true;
                         Counters::inc(&inner.counters.acquires_failed);
                         return Err(Error::Connect(e));
                     }
                     Ok(Ok(Handoff::Closed) | Err(_)) => {
                         wait.settled = true;
+                        wait.dequeued = true;
                         Counters::inc(&inner.counters.acquires_failed);
                         return Err(Error::Closed);
                     }
@@ -204,7 +225,7 @@ pub(super) async fn acquire<C: Connector>(
         let mut guard = PooledConnection::new(inner, slot);
         if let Some(reason) = check(inner, &mut guard, deadline).await {
             let slot = guard.slot.take().expect("slot present");
-            let (slot, _kill) = {
+            let slot = {
                 let mut st = inner.lock();
                 st.in_use -= 1;
                 inner.retire(&mut st, slot, reason)
@@ -212,6 +233,7 @@ pub(super) async fn acquire<C: Connector>(
             drop(slot);
             inner.notify_change();
             inner.wake_worker();
+            front = true;
             if Instant::now() >= deadline {
                 Counters::inc(&inner.counters.acquires_timed_out);
                 let st = inner.lock();
@@ -256,18 +278,24 @@ async fn check<C: Connector>(
     if now.saturating_duration_since(slot.idle_since) <= inner.opts.validation_window {
         return None;
     }
-    // Leave at least half of what remains for replacing a dead connection.
-    let remaining = deadline.saturating_duration_since(now);
-    let bound = now + inner.opts.validation_timeout.min(remaining / 2);
+    let bound = now
+        + inner
+            .opts
+            .validation_timeout
+            .min(deadline.saturating_duration_since(now));
     guard.poisoned = Some(CloseReason::FailedValidation);
-    let ok = matches!(
-        tokio::time::timeout_at(bound, inner.connector.validate(&guard.slot().conn)).await,
-        Ok(Ok(()))
-    );
-    if ok {
-        guard.poisoned = None;
-        None
-    } else {
-        Some(CloseReason::FailedValidation)
+    match tokio::time::timeout_at(bound, inner.connector.validate(&guard.slot().conn)).await {
+        Ok(Ok(())) => {
+            guard.poisoned = None;
+            None
+        }
+        Ok(Err(e)) => {
+            tracing::info!(pool = %inner.opts.name, error = %e, "an idle connection failed its ping; replacing it");
+            Some(CloseReason::FailedValidation)
+        }
+        Err(_) => {
+            tracing::info!(pool = %inner.opts.name, timeout_ms = (bound - now).as_millis() as u64, "an idle connection did not answer its ping in time; replacing it");
+            Some(CloseReason::FailedValidation)
+        }
     }
 }

@@ -56,6 +56,9 @@ pub(crate) struct State<T> {
     pub(crate) last_error: Option<ConnectError>,
     /// Kill switches of every open connection, by slot id.
     pub(crate) live: HashMap<u64, KillSwitch>,
+    /// Kill switches of connections closed while something may still run on them, for the
+    /// worker to pull (it may need to spawn a cancel, which `Drop` must not).
+    pub(crate) doomed: Vec<KillSwitch>,
 }
 
 impl<T> State<T> {
@@ -73,6 +76,7 @@ impl<T> State<T> {
             retry_at: None,
             last_error: None,
             live: HashMap::new(),
+            doomed: Vec::new(),
         }
     }
 
@@ -136,20 +140,33 @@ impl<C: Connector> Inner<C> {
     }
 
     /// Removes a connection from the pool's books and returns it, to be dropped after the lock.
+    /// When its state is unknown (broken, failed validation, dirty), its kill switch is queued
+    /// for the worker: a statement may still run on the server, and dropping the client alone
+    /// would leave the session open until that statement ends.
     pub(crate) fn retire(
         &self,
         st: &mut State<C::Conn>,
         slot: Slot<C::Conn>,
         reason: CloseReason,
-    ) -> (Slot<C::Conn>, Option<KillSwitch>) {
+    ) -> Slot<C::Conn> {
         st.size -= 1;
         let kill = st.live.remove(&slot.id);
         self.counters.closed(reason);
-        (slot, kill)
+        if let (
+            Some(kill),
+            CloseReason::Broken | CloseReason::FailedValidation | CloseReason::Dirty,
+        ) = (kill, reason)
+        {
+            st.doomed.push(kill);
+            self.wake_worker();
+        }
+        slot
     }
 
     /// Hands a clean connection to the oldest waiter still listening, or makes it idle.
     pub(crate) fn deliver(&self, st: &mut State<C::Conn>, mut slot: Slot<C::Conn>) {
+        // Just opened, used, or reset: known alive now, so no ping before its next use.
+        slot.idle_since = Instant::now();
         while let Some(w) = st.waiters.pop_front() {
             st.in_use += 1;
             match w.tx.send(Handoff::Conn(slot)) {
@@ -162,7 +179,6 @@ impl<C: Connector> Inner<C> {
                 Err(_) => unreachable!("sent a connection"),
             }
         }
-        slot.idle_since = Instant::now();
         st.idle.push(slot);
     }
 
@@ -207,11 +223,10 @@ impl<C: Connector> Inner<C> {
         match reason {
             None => {
                 slot.used = true;
-                slot.idle_since = now;
                 self.deliver(&mut st, slot);
             }
             Some(reason) => {
-                let (slot, _kill) = self.retire(&mut st, slot, reason);
+                let slot = self.retire(&mut st, slot, reason);
                 let replenish = !st.closed;
                 drop(st);
                 drop(slot);

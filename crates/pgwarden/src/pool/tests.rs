@@ -376,7 +376,9 @@ async fn lifetime_reaping_is_jittered_and_invisible_to_callers() {
 #[tokio::test(start_paused = true)]
 async fn idle_connections_are_validated_and_dead_ones_replaced() {
     let fake = Fake::default();
-    let pool = Pool::new(fake.clone(), opts(2, 0));
+    let mut o = opts(2, 0);
+    o.validation_timeout = Duration::from_millis(500);
+    let pool = Pool::new(fake.clone(), o);
     let c = pool.get().await.unwrap();
     drop(c);
     // Within the validation window: no ping.
@@ -574,4 +576,180 @@ async fn cancellation_at_every_await_point_keeps_books_right() {
         }
     }
     assert_eq!(combos, 900);
+}
+
+// Regressions found in review: each of these failed before its fix.
+
+#[tokio::test(start_paused = true)]
+async fn permanent_error_spares_waiters_a_returning_connection_can_serve() {
+    let fake = Fake::default();
+    let pool = Pool::new(fake.clone(), opts(2, 0));
+    let a = pool.get().await.unwrap();
+    // The server starts refusing new logins (e.g. mid password rotation); `a` stays healthy.
+    fake.set(&fake.0.connect, Mode::FailPermanent);
+    let p2 = pool.clone();
+    let waiter = tokio::spawn(async move { p2.get().await.map(|c| c.id) });
+    // `a` comes back 10 ms later: the waiter only had to wait for it.
+    sleep(Duration::from_millis(10)).await;
+    drop(a);
+    let got = waiter.await.unwrap();
+    assert!(
+        got.is_ok(),
+        "a waiter that a returning healthy connection could serve was failed: {got:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_error_fails_fast_only_when_no_connection_is_open() {
+    let fake = Fake::default();
+    let pool = Pool::new(fake.clone(), opts(2, 0));
+    let a = pool.get().await.unwrap();
+    fake.set(&fake.0.connect, Mode::FailPermanent);
+    let _ = timeout(Duration::from_millis(50), pool.get()).await; // one failed connect
+                                                                  // Pool: 1 open healthy connection, checked out for 5 ms at a time. A new caller...
+    let p2 = pool.clone();
+    let holder = tokio::spawn(async move {
+        drop(a);
+        for _ in 0..100 {
+            let c = p2.get().await;
+            sleep(Duration::from_millis(5)).await;
+            drop(c);
+        }
+    });
+    sleep(Duration::from_millis(1)).await;
+    let r = pool.get().await.map(|c| c.id);
+    holder.abort();
+    assert!(
+        r.is_ok(),
+        "failed fast instead of waiting 5 ms for the healthy connection: {r:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_just_reset_connection_is_not_pinged_again() {
+    let fake = Fake::default();
+    let pool = Pool::new(
+        fake.clone(),
+        PoolOptions {
+            acquire_timeout: Duration::from_secs(10),
+            ..opts(1, 0)
+        },
+    );
+    let a = pool.get().await.unwrap();
+    let first_id = a.id;
+    // Two waiters, W1 first.
+    let (p1, p2) = (pool.clone(), pool.clone());
+    let w1 = tokio::spawn(async move { (Instant::now(), p1.get().await.map(|c| c.id)) });
+    sleep(Duration::from_millis(1)).await;
+    let w2 = tokio::spawn(async move { (Instant::now(), p2.get().await.map(|c| c.id)) });
+    sleep(Duration::from_millis(1)).await;
+    // `a` is held 2 s (longer than the 1 s validation window), then returned dirty.
+    sleep(Duration::from_secs(2)).await;
+    a.dirty.store(true, SeqCst);
+    drop(a);
+    let (r1, r2) = (w1.await.unwrap(), w2.await.unwrap());
+    // The reset (ROLLBACK) just proved the connection alive, yet it was pinged before reuse.
+    assert_eq!(fake.0.resets.load(SeqCst), 1);
+    assert_eq!(
+        fake.0.validations.load(SeqCst),
+        0,
+        "a connection that was just reset was validated again (stale idle_since); W1 got {r1:?}, W2 {r2:?}, first id {first_id}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_whose_connection_failed_its_ping_keeps_its_place() {
+    let fake = Fake::default();
+    let pool = Pool::new(
+        fake.clone(),
+        PoolOptions {
+            acquire_timeout: Duration::from_secs(10),
+            ..opts(1, 0)
+        },
+    );
+    let a = pool.get().await.unwrap();
+    drop(a);
+    // Idle for 2 s: the next checkout pings it, and the ping hangs (dead peer) until the
+    // 2 s validation timeout; a second caller arrives meanwhile.
+    sleep(Duration::from_secs(2)).await;
+    fake.set(&fake.0.validate, Mode::Hang);
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut hs = Vec::new();
+    for name in ["first", "second"] {
+        let (p, o) = (pool.clone(), Arc::clone(&order));
+        hs.push(tokio::spawn(async move {
+            let c = p.get().await.unwrap();
+            p.connector().set(&p.connector().0.validate, Mode::Ok);
+            o.lock().unwrap().push(name);
+            sleep(Duration::from_millis(10)).await;
+            drop(c);
+        }));
+        tokio::task::yield_now().await;
+    }
+    for h in hs {
+        h.await.unwrap();
+    }
+    assert_eq!(
+        *order.lock().unwrap(),
+        vec!["first", "second"],
+        "the caller that arrived first was served last"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_short_deadline_does_not_close_a_healthy_connection() {
+    let fake = Fake::default();
+    let pool = Pool::new(fake.clone(), opts(1, 0));
+    drop(pool.get().await.unwrap());
+    sleep(Duration::from_secs(2)).await;
+    // A healthy connection whose ping takes 10 ms (a busy server); the caller has 16 ms left.
+    fake.set(&fake.0.validate, Mode::Slow(10));
+    let r = pool
+        .get_until(Instant::now() + Duration::from_millis(16))
+        .await;
+    let k = pool.counters();
+    assert_eq!(
+        k.closed.failed_validation, 0,
+        "a healthy connection was closed because the caller's budget cut the ping to 8 ms (got {:?})",
+        r.as_ref().map(|c| c.id)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn connections_retired_in_an_unknown_state_are_killed() {
+    let fake = Fake::default();
+    let pool = Pool::new(fake.clone(), opts(2, 0));
+    let c = pool.get().await.unwrap();
+    PooledConnection::discard(c);
+    settle().await;
+    // Ping in flight when the pool gives up on it:
+    drop(pool.get().await.unwrap());
+    sleep(Duration::from_secs(2)).await;
+    fake.set(&fake.0.validate, Mode::Hang);
+    let _ = pool.get().await;
+    settle().await; // the worker pulls the kill switches
+    let k = pool.counters();
+    assert!(k.closed.dirty + k.closed.failed_validation >= 2, "{k:?}");
+    assert_eq!(
+        fake.0.kills.load(SeqCst),
+        2,
+        "connections retired with a statement possibly in flight were only dropped, not killed"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn acquire_fast_path_yields_to_other_tasks() {
+    let fake = Fake::default();
+    let pool = Pool::new(fake.clone(), opts(1, 1));
+    pool.prewarm().await.unwrap();
+    let ran = Arc::new(AtomicBool::new(false));
+    let r = Arc::clone(&ran);
+    tokio::spawn(async move { r.store(true, SeqCst) });
+    for _ in 0..10_000 {
+        drop(pool.get().await.unwrap());
+        if ran.load(SeqCst) {
+            return;
+        }
+    }
+    panic!("10,000 get/drop cycles never let another task on this thread run");
 }

@@ -34,11 +34,12 @@ fn maintain<C: Connector>(inner: &Arc<Inner<C>>) -> Duration {
     let now = Instant::now();
     let opts = &inner.opts;
     let mut retired = Vec::new();
-    let (connects, dirty, nap) = {
+    let (connects, dirty, doomed, nap) = {
         let mut st = inner.lock();
+        let doomed = std::mem::take(&mut st.doomed);
         if st.closed {
             let dirty = std::mem::take(&mut st.dirty);
-            (0, dirty, MAX_NAP)
+            (0, dirty, doomed, MAX_NAP)
         } else {
             // Reap: expired connections, then idle ones above the minimum, least recently used
             // first (they sit at the front of the idle stack).
@@ -77,6 +78,7 @@ fn maintain<C: Connector>(inner: &Arc<Inner<C>>) -> Duration {
             (
                 connects,
                 dirty,
+                doomed,
                 due.saturating_duration_since(now)
                     .max(Duration::from_millis(1)),
             )
@@ -91,6 +93,9 @@ fn maintain<C: Connector>(inner: &Arc<Inner<C>>) -> Duration {
     }
     for slot in dirty {
         tokio::spawn(reset_one(Arc::clone(inner), slot));
+    }
+    for kill in doomed {
+        kill.pull();
     }
     nap
 }
@@ -161,8 +166,9 @@ pub(super) async fn connect_one<C: Connector>(inner: Arc<Inner<C>>) {
                 let permanent = e.is_permanent();
                 st.retry_at = Some(Instant::now() + connect_backoff(st.failures, permanent));
                 tracing::warn!(pool = %inner.opts.name, error = %e, failures = st.failures, "connect failed");
-                if permanent {
-                    // Waiting cannot heal this: tell every waiter now.
+                if permanent && st.open_count() == 0 {
+                    // Waiting cannot heal this and no open connection can come back to serve
+                    // the waiters: tell them now.
                     for w in st.waiters.drain(..) {
                         let _ = w.tx.send(Handoff::Failed(e.clone()));
                     }
@@ -217,13 +223,11 @@ async fn reset_one<C: Connector>(inner: Arc<Inner<C>>, slot: Slot<C::Conn>) {
     } else {
         CloseReason::Lifetime
     };
-    let (slot, kill) = inner.retire(&mut st, slot, reason);
+    // A dirty one's kill switch is queued for the worker by `retire`.
+    let slot = inner.retire(&mut st, slot, reason);
     drop(st);
     if reason == CloseReason::Dirty {
         tracing::warn!(pool = %inner.opts.name, "a connection returned dirty could not be reset in time; closed it");
-        if let Some(k) = kill {
-            k.pull();
-        }
     }
     drop(slot);
     inner.notify_change();

@@ -169,8 +169,12 @@ async fn outage_and_crash_recovery_back_off_and_heal() {
 /// host, then the next host is tried.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_login_times_out_per_host_then_next_host_serves() {
-    let slow = Arc::new(PgServer::start().unwrap());
-    slow.set_setting("pre_auth_delay", "5").unwrap();
+    let slow = Arc::new(
+        PgServer::builder()
+            .setting("pre_auth_delay", "3")
+            .start()
+            .unwrap(),
+    );
     let (good, db) = shared_db();
     let cfg: tokio_postgres::Config = format!(
         "host=127.0.0.1,127.0.0.1 port={},{} user=postgres dbname={db}",

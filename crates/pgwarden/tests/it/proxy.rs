@@ -25,6 +25,9 @@ impl CountingProxy {
                 let server = TcpStream::connect(("127.0.0.1", upstream_port))
                     .await
                     .unwrap();
+                // No Nagle delays: they would add tens of milliseconds per round trip.
+                client.set_nodelay(true).unwrap();
+                server.set_nodelay(true).unwrap();
                 let counter = Arc::clone(&counter);
                 tokio::spawn(pump(client, server, counter));
             }
