@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::task::AbortHandle;
 use tokio_postgres::tls::MakeTlsConnect;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{CancelToken, Client, Row, Statement, ToStatement, Transaction};
 
 use std::time::Duration;
@@ -89,6 +89,35 @@ fn is_transaction_control(sql: &str) -> bool {
     .iter()
     .any(|k| word.eq_ignore_ascii_case(k))
 }
+
+/// Parameter types tried, in order, for unnamed statements (cache size 0): the natural
+/// PostgreSQL type of each common Rust type comes first for it (`i32` → int4, `&str` → text …).
+pub(crate) const UNNAMED_PARAM_TYPES: &[Type] = &[
+    Type::INT4,
+    Type::INT8,
+    Type::INT2,
+    Type::TEXT,
+    Type::BOOL,
+    Type::FLOAT8,
+    Type::FLOAT4,
+    Type::BYTEA,
+    Type::CHAR,
+    Type::OID,
+    Type::JSONB,
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMP,
+    Type::DATE,
+    Type::TIME,
+    Type::UUID,
+    Type::NUMERIC,
+    Type::INET,
+    Type::INT4_ARRAY,
+    Type::INT8_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::BOOL_ARRAY,
+    Type::FLOAT8_ARRAY,
+    Type::BYTEA_ARRAY,
+];
 
 /// Where to send a CancelRequest for a connection: the host it was opened to.
 #[derive(Debug, Clone)]
@@ -327,6 +356,35 @@ impl PgConn {
         Ok(stmt)
     }
 
+    /// With the statement cache off (size 0, for PgBouncer in transaction mode), a statement
+    /// given as text runs as one self-contained batch — Parse, Bind, Describe, Execute, Sync of
+    /// the unnamed statement — so nothing named outlives it and it cannot straddle two server
+    /// connections; it is also one round trip instead of two. That needs each parameter's type
+    /// up front: each is the first of [`UNNAMED_PARAM_TYPES`] its Rust type encodes as. When a
+    /// parameter fits none (a custom type), `None`: the call prepares a named statement instead.
+    #[allow(clippy::type_complexity)]
+    fn unnamed<'a, 'p, T: Sql + ?Sized>(
+        &self,
+        sql: &'a T,
+        params: &[&'p (dyn ToSql + Sync)],
+    ) -> Option<(&'a str, Vec<(&'p (dyn ToSql + Sync), Type)>)> {
+        let text = sql.text()?;
+        if self.cache().enabled() {
+            return None;
+        }
+        let mut scratch = bytes::BytesMut::new();
+        let mut typed = Vec::with_capacity(params.len());
+        for &p in params {
+            let ty = UNNAMED_PARAM_TYPES.iter().find(|ty| {
+                scratch.clear();
+                p.to_sql_checked(ty, &mut scratch).is_ok()
+            })?;
+            typed.push((p, ty.clone()));
+        }
+        self.note(sql);
+        Some((text, typed))
+    }
+
     /// Runs `run` with the statement for `sql`: cached when the text is known and the cache is
     /// on. When the server says a cached plan went stale (0A000 "cached plan must not change
     /// result type", after a schema change), the statement is dropped, prepared again and run
@@ -413,6 +471,9 @@ impl PgConn {
         sql: &T,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        if let Some((text, typed)) = self.unnamed(sql, params) {
+            return self.tracked(self.client.query_typed(text, &typed)).await;
+        }
         self.with_statement(sql, |s| async move { self.client.query(&s, params).await })
             .await
     }
@@ -426,6 +487,11 @@ impl PgConn {
         sql: &T,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Row, tokio_postgres::Error> {
+        if let Some((text, typed)) = self.unnamed(sql, params) {
+            return self
+                .tracked(self.client.query_typed_one(text, &typed))
+                .await;
+        }
         self.with_statement(
             sql,
             |s| async move { self.client.query_one(&s, params).await },
@@ -442,6 +508,11 @@ impl PgConn {
         sql: &T,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>, tokio_postgres::Error> {
+        if let Some((text, typed)) = self.unnamed(sql, params) {
+            return self
+                .tracked(self.client.query_typed_opt(text, &typed))
+                .await;
+        }
         self.with_statement(
             sql,
             |s| async move { self.client.query_opt(&s, params).await },
@@ -458,6 +529,9 @@ impl PgConn {
         sql: &T,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, tokio_postgres::Error> {
+        if let Some((text, typed)) = self.unnamed(sql, params) {
+            return self.tracked(self.client.execute_typed(text, &typed)).await;
+        }
         self.with_statement(
             sql,
             |s| async move { self.client.execute(&s, params).await },

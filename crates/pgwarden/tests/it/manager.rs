@@ -677,3 +677,81 @@ async fn slow_statements_are_logged_without_parameter_values() {
     assert_eq!(log.matches("slow query").count(), 1, "{log}");
     assert_invariants(&server, m.pool(), &app).await;
 }
+
+/// Statement cache size 0 (PgBouncer in transaction mode): every statement is one
+/// self-contained round trip on the unnamed statement; nothing named is left on the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_size_zero_uses_only_unnamed_statements_in_one_round_trip() {
+    let (server, db) = shared_db();
+    let proxy = CountingProxy::start(server.port()).await;
+    let cfg: tokio_postgres::Config = format!(
+        "host=127.0.0.1 port={} user=postgres dbname={db}",
+        proxy.port
+    )
+    .parse()
+    .unwrap();
+    let mut co = pgwarden::ConnectOptions::default();
+    co.application_name = Some(app_name("nocache"));
+    co.statement_cache_size = 0;
+    let connector =
+        pgwarden::PgConnector::new(&cfg, pgwarden::config::SslMode::Disable, None, co).unwrap();
+    let m = PoolManager::new(Pool::new(connector, test_opts(1, 0)), mopts());
+    m.execute(
+        "CREATE TABLE typed (i int4, b int8, t text, f bool, d float8, n int4, a int4[])",
+        &[],
+    )
+    .await
+    .unwrap();
+    let before = proxy.round_trips();
+    let none: Option<i32> = None;
+    let n = m
+        .execute(
+            "INSERT INTO typed VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &1i32,
+                &2i64,
+                &"three",
+                &true,
+                &4.5f64,
+                &none,
+                &vec![5i32, 6],
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let row = m
+        .query_one(
+            "SELECT i, b, t, f, d, n, a FROM typed WHERE t = $1",
+            &[&"three"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(1), 2);
+    assert_eq!(row.get::<_, Option<i32>>(5), None);
+    assert_eq!(row.get::<_, Vec<i32>>(6), vec![5, 6]);
+    assert_eq!(
+        proxy.round_trips() - before,
+        2,
+        "one round trip per statement"
+    );
+    // Transactions too, and nothing named is ever left behind.
+    m.transaction(|tx| {
+        Box::pin(async move {
+            tx.execute("UPDATE typed SET b = b + $1", &[&1i64]).await?;
+            tx.query_one("SELECT count(*) FROM pg_prepared_statements", &[])
+                .await
+        })
+    })
+    .await
+    .map(|r| assert_eq!(r.get::<_, i64>(0), 0))
+    .unwrap();
+    let c = m.get().await.unwrap();
+    let named: i64 = c
+        .query_one("SELECT count(*) FROM pg_prepared_statements", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(named, 0);
+    assert_eq!(m.metrics().statement_cache.hits, 0);
+}
