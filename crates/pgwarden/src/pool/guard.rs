@@ -165,12 +165,7 @@ pub(super) async fn acquire<C: Connector>(
                 Counters::inc(&inner.counters.acquires_failed);
                 return Err(e);
             }
-            Step::Got(slot) => {
-                // An idle connection never makes acquire wait: let a loop of acquires still
-                // yield to other tasks now and then.
-                tokio::task::coop::consume_budget().await;
-                slot
-            }
+            Step::Got(slot) => slot,
             Step::Wait(id, rx, n, wake) => {
                 waited = true;
                 for _ in 0..n {
@@ -223,6 +218,11 @@ pub(super) async fn acquire<C: Connector>(
         // Cancellation safety: the guard owns the slot from here; dropping it returns the
         // connection, or closes it when poisoned by an unfinished validation ping.
         let mut guard = PooledConnection::new(inner, slot);
+        if !waited {
+            // An idle connection never makes acquire wait: let a loop of acquires still yield
+            // to other tasks now and then.
+            tokio::task::coop::consume_budget().await;
+        }
         if let Some(reason) = check(inner, &mut guard, deadline).await {
             let slot = guard.slot.take().expect("slot present");
             let slot = {

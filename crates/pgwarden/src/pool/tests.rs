@@ -753,3 +753,22 @@ async fn acquire_fast_path_yields_to_other_tasks() {
     }
     panic!("10,000 get/drop cycles never let another task on this thread run");
 }
+
+/// A fast-path acquire dropped at its cooperative yield point gives the connection back.
+#[tokio::test(flavor = "current_thread")]
+async fn acquire_dropped_at_its_yield_point_leaks_nothing() {
+    let fake = Fake::default();
+    let pool = Pool::new(fake.clone(), opts(1, 1));
+    pool.prewarm().await.unwrap();
+    let mut pending = 0;
+    for _ in 0..2000 {
+        match futures_util::FutureExt::now_or_never(pool.get()) {
+            Some(c) => drop(c.unwrap()),
+            None => pending += 1,
+        }
+    }
+    assert!(pending > 0, "the budget ran out at least once");
+    let st = pool.status();
+    assert_eq!((st.size, st.idle, st.in_use), (1, 1, 0), "{st}");
+    drop(pool.get().await.unwrap());
+}
