@@ -51,15 +51,17 @@ impl Sql for Statement {
     }
 }
 
-/// 0A000 "cached plan must not change result type": a cached statement outlived a schema
-/// change.
-fn is_stale_plan(e: &tokio_postgres::Error) -> bool {
-    e.as_db_error().is_some_and(|db| {
-        db.code().code() == "0A000"
-            && db
-                .message()
-                .contains("cached plan must not change result type")
-    })
+/// A cached statement the server no longer honours: 0A000 "cached plan must not change result
+/// type" after a schema change, or 26000 "prepared statement … does not exist" after a
+/// `DISCARD ALL` / `DEALLOCATE` the cache did not see. Either way the execution did nothing.
+fn is_stale_statement(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| c.code() == "26000")
+        || e.as_db_error().is_some_and(|db| {
+            db.code().code() == "0A000"
+                && db
+                    .message()
+                    .contains("cached plan must not change result type")
+        })
 }
 
 /// True when `sql` starts with a transaction-control keyword (after blanks and comments).
@@ -194,6 +196,9 @@ pub struct PgConn {
     in_flight: AtomicU32,
     /// A transaction opened with `transaction()` has not finished.
     in_tx: AtomicBool,
+    /// The last statement got as far as its execution being sent (not only its preparation),
+    /// on a connection that was open: before that point, a failure ran nothing.
+    executing: AtomicBool,
     /// Used in ways the pool cannot see through: reset before reuse.
     raw: AtomicBool,
 }
@@ -238,8 +243,26 @@ impl PgConn {
             cache,
             in_flight: AtomicU32::new(0),
             in_tx: AtomicBool::new(false),
+            executing: AtomicBool::new(false),
             raw: AtomicBool::new(false),
         }
+    }
+
+    /// Statements sent through the tracked methods and not yet answered.
+    pub(crate) fn in_flight(&self) -> u32 {
+        self.in_flight.load(Relaxed)
+    }
+
+    /// True when the last statement's execution was sent. When false, its failure happened
+    /// while preparing it, or the connection was already closed: nothing ran, and running it
+    /// again cannot run it twice.
+    pub(crate) fn reached_execution(&self) -> bool {
+        self.executing.load(Relaxed)
+    }
+
+    fn executing_now(&self) {
+        // A client already closed cannot send: the statement never reaches the server.
+        self.executing.store(!self.client.is_closed(), Relaxed);
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -382,6 +405,8 @@ impl PgConn {
             typed.push((p, ty.clone()));
         }
         self.note(sql);
+        // One batch: the execution is sent with the parse.
+        self.executing_now();
         Some((text, typed))
     }
 
@@ -400,25 +425,33 @@ impl PgConn {
         Fut: Future<Output = Result<R, tokio_postgres::Error>>,
     {
         self.note(sql);
+        self.executing.store(false, Relaxed);
         let text = match (sql.prepared(), sql.text()) {
-            (Some(stmt), _) => return self.tracked(run(stmt.clone())).await,
+            (Some(stmt), _) => {
+                self.executing_now();
+                return self.tracked(run(stmt.clone())).await;
+            }
             (None, Some(text)) => text,
             (None, None) => unreachable!("Sql gives a text or a statement"),
         };
         if !self.cache().enabled() {
             let stmt = self.tracked(self.client.prepare(text)).await?;
+            self.executing_now();
             return self.tracked(run(stmt)).await;
         }
         let stmt = self.prepare_cached(text).await?;
+        self.executing_now();
         match self.tracked(run(stmt)).await {
-            Err(e) if is_stale_plan(&e) => {
+            Err(e) if is_stale_statement(&e) => {
                 drop(self.cache().remove(text));
                 if self.in_tx.load(Relaxed) || self.raw.load(Relaxed) {
                     // The failure aborted the transaction: running again inside it would only
-                    // meet 25P02. The next transaction prepares afresh.
+                    // meet 25P02. The next use prepares afresh.
                     return Err(e);
                 }
+                self.executing.store(false, Relaxed);
                 let stmt = self.prepare_cached(text).await?;
+                self.executing_now();
                 self.tracked(run(stmt)).await
             }
             other => other,
@@ -478,46 +511,53 @@ impl PgConn {
             .await
     }
 
-    /// Runs a statement returning exactly one row.
+    /// Runs a statement returning exactly one row. The statement always runs to its end (all
+    /// rows are read) before a wrong row count is reported, so the connection is never left
+    /// with the statement still running, and a write in it has committed.
     ///
     /// # Errors
-    /// As [`PgConn::query`], and when the statement returns no row or several.
+    /// [`crate::Error::Query`] with the server's error; [`crate::Error::RowCount`] when the
+    /// statement returned no row or several.
     pub async fn query_one<T: Sql + ?Sized>(
         &self,
         sql: &T,
         params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Row, tokio_postgres::Error> {
-        if let Some((text, typed)) = self.unnamed(sql, params) {
-            return self
-                .tracked(self.client.query_typed_one(text, &typed))
-                .await;
+    ) -> Result<Row, crate::Error> {
+        let mut rows = self
+            .query(sql, params)
+            .await
+            .map_err(|e| crate::Error::Query(e, 0))?;
+        match rows.len() {
+            1 => Ok(rows.pop().expect("one row")),
+            got => Err(crate::Error::RowCount {
+                expected: "exactly one",
+                got,
+            }),
         }
-        self.with_statement(
-            sql,
-            |s| async move { self.client.query_one(&s, params).await },
-        )
-        .await
     }
 
-    /// Runs a statement returning at most one row.
+    /// Runs a statement returning at most one row (read to its end, as [`PgConn::query_one`]).
     ///
     /// # Errors
-    /// As [`PgConn::query`], and when the statement returns several rows.
+    /// [`crate::Error::Query`] with the server's error; [`crate::Error::RowCount`] when the
+    /// statement returned several rows.
     pub async fn query_opt<T: Sql + ?Sized>(
         &self,
         sql: &T,
         params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Option<Row>, tokio_postgres::Error> {
-        if let Some((text, typed)) = self.unnamed(sql, params) {
-            return self
-                .tracked(self.client.query_typed_opt(text, &typed))
-                .await;
+    ) -> Result<Option<Row>, crate::Error> {
+        let mut rows = self
+            .query(sql, params)
+            .await
+            .map_err(|e| crate::Error::Query(e, 0))?;
+        match rows.len() {
+            0 => Ok(None),
+            1 => Ok(rows.pop()),
+            got => Err(crate::Error::RowCount {
+                expected: "at most one",
+                got,
+            }),
         }
-        self.with_statement(
-            sql,
-            |s| async move { self.client.query_opt(&s, params).await },
-        )
-        .await
     }
 
     /// Runs a statement and returns the number of rows it affected.

@@ -177,6 +177,16 @@ pub enum Error {
     #[error("query failed: {}{}", describe(.0), retried_note(*.1))]
     Query(tokio_postgres::Error, u32),
 
+    /// The statement ran to its end but returned the wrong number of rows (a write in it has
+    /// committed). Final.
+    #[error("expected {expected} row, the statement returned {got} (it ran to its end: a write in it has committed)")]
+    RowCount {
+        /// "exactly one" or "at most one".
+        expected: &'static str,
+        /// Rows returned.
+        got: usize,
+    },
+
     /// The statement ran longer than the query timeout. It was cancelled on the server;
     /// `ended` says whether it provably stopped (the connection was then reused) or the
     /// connection was closed to make sure.
@@ -276,7 +286,8 @@ impl Error {
             | Error::Tls(_)
             | Error::OutcomeUnknown(_)
             | Error::QueryTimeout { .. }
-            | Error::RolledBack(_) => false,
+            | Error::RolledBack(_)
+            | Error::RowCount { .. } => false,
             Error::Query(e, _) => e.code().is_some_and(|c| {
                 matches!(c.code(), "40001" | "40P01" | "55P03" | "53300" | "57P03")
             }),

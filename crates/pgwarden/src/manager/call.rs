@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use super::PoolManager;
+use super::{ManagerOptions, PoolManager};
 use crate::conn::PgConn;
 use crate::error::Error;
 use crate::retry::{classify, RetryClock, Verdict};
@@ -31,7 +31,7 @@ pub trait Op: sealed::Sealed + Send + Sync + 'static {
         conn: &'c PgConn,
         sql: &'c str,
         params: Params<'c>,
-    ) -> impl Future<Output = Result<Self::Out, tokio_postgres::Error>> + Send + 'c;
+    ) -> impl Future<Output = Result<Self::Out, Error>> + Send + 'c;
 }
 
 /// `query`: every row.
@@ -58,8 +58,12 @@ impl Op for Rows {
         conn: &'c PgConn,
         sql: &'c str,
         params: Params<'c>,
-    ) -> impl Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send + 'c {
-        conn.query(sql, params)
+    ) -> impl Future<Output = Result<Vec<Row>, Error>> + Send + 'c {
+        async move {
+            conn.query(sql, params)
+                .await
+                .map_err(|e| Error::Query(e, 0))
+        }
     }
 }
 
@@ -69,7 +73,7 @@ impl Op for One {
         conn: &'c PgConn,
         sql: &'c str,
         params: Params<'c>,
-    ) -> impl Future<Output = Result<Row, tokio_postgres::Error>> + Send + 'c {
+    ) -> impl Future<Output = Result<Row, Error>> + Send + 'c {
         conn.query_one(sql, params)
     }
 }
@@ -80,7 +84,7 @@ impl Op for Opt {
         conn: &'c PgConn,
         sql: &'c str,
         params: Params<'c>,
-    ) -> impl Future<Output = Result<Option<Row>, tokio_postgres::Error>> + Send + 'c {
+    ) -> impl Future<Output = Result<Option<Row>, Error>> + Send + 'c {
         conn.query_opt(sql, params)
     }
 }
@@ -91,8 +95,12 @@ impl Op for Exec {
         conn: &'c PgConn,
         sql: &'c str,
         params: Params<'c>,
-    ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'c {
-        conn.execute(sql, params)
+    ) -> impl Future<Output = Result<u64, Error>> + Send + 'c {
+        async move {
+            conn.execute(sql, params)
+                .await
+                .map_err(|e| Error::Query(e, 0))
+        }
     }
 }
 
@@ -177,7 +185,7 @@ async fn run<O: Op>(
     result
 }
 
-type AttemptResult<T> = Result<T, (Error, Verdict)>;
+pub(super) type AttemptResult<T> = Result<T, (Error, Verdict)>;
 
 /// One attempt: a connection, the statement under the query timeout, and the verdict.
 async fn attempt<O: Op>(
@@ -196,14 +204,13 @@ async fn attempt<O: Op>(
         (e, v)
     })?;
     let started = Instant::now();
-    let (result, discard) = {
-        let fut = O::run(&conn, sql, params);
-        tokio::pin!(fut);
-        match tokio::time::timeout(db.inner.opts.query_timeout, &mut fut).await {
-            Ok(r) => (r.map_err(|pg| statement_error(pg, idempotent)), false),
-            Err(_) => after_timeout(db, &conn, fut, idempotent).await,
-        }
-    };
+    let (result, discard) = bounded(
+        &db.inner.opts,
+        &conn,
+        O::run(&conn, sql, params),
+        Ctx::autocommit(idempotent),
+    )
+    .await;
     db.inner
         .stats
         .statement(sql, started.elapsed(), &db.inner.opts);
@@ -213,47 +220,80 @@ async fn attempt<O: Op>(
     result
 }
 
-/// The query timeout fired: cancel the statement on the server, then give it a moment to end.
-/// Returns the outcome and whether the connection must be closed (the statement did not
-/// provably end, so it may still run — or its cancel may still be on its way).
-async fn after_timeout<T, F>(
-    db: &PoolManager,
+/// What a statement is, for classifying its failure.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Ctx {
+    pub(super) idempotent: bool,
+    pub(super) in_transaction: bool,
+    pub(super) commit: bool,
+}
+
+impl Ctx {
+    pub(super) fn autocommit(idempotent: bool) -> Self {
+        Self {
+            idempotent,
+            in_transaction: false,
+            commit: false,
+        }
+    }
+}
+
+/// Runs one statement under the query timeout. On expiry the statement is cancelled on the
+/// server (a confirmed cancel) and given what is left of one grace period to end. Returns the
+/// outcome and whether the connection must be closed: when the statement did not provably end,
+/// it may still be running.
+pub(super) async fn bounded<T, F>(
+    opts: &ManagerOptions,
     conn: &PgConn,
-    fut: Pin<&mut F>,
-    idempotent: bool,
+    fut: F,
+    ctx: Ctx,
 ) -> (AttemptResult<T>, bool)
 where
-    F: Future<Output = Result<T, tokio_postgres::Error>>,
+    F: Future<Output = Result<T, Error>>,
 {
-    let opts = &db.inner.opts;
+    tokio::pin!(fut);
+    match tokio::time::timeout(opts.query_timeout, &mut fut).await {
+        Ok(r) => return (r.map_err(|e| classify_error(e, conn, ctx)), false),
+        Err(_elapsed) => {}
+    }
     let timeout_err = |ended: bool| Error::QueryTimeout {
         after: opts.query_timeout,
         ended,
-        unknown: !ended && !idempotent,
+        unknown: !ended && !ctx.idempotent && (!ctx.in_transaction || ctx.commit),
     };
+    let grace_end = Instant::now() + opts.cancel_grace;
     // Once the cancel is confirmed, the backend has been signalled: the cancel hits this
     // statement, or is ignored if the statement already ended. It cannot reach a later one.
     let cancelled = matches!(
-        tokio::time::timeout(opts.cancel_grace, conn.cancel_confirmed()).await,
+        tokio::time::timeout_at(grace_end, conn.cancel_confirmed()).await,
         Ok(Ok(()))
     );
     if !cancelled {
         return (Err((timeout_err(false), Verdict::Fail)), true);
     }
-    match tokio::time::timeout(opts.cancel_grace, fut).await {
+    match tokio::time::timeout_at(grace_end, fut).await {
         // It finished just as the timeout fired: its result stands.
         Ok(Ok(v)) => (Ok(v), false),
-        Ok(Err(pg)) if pg.code().is_some_and(|c| c.code() == "57014") => {
+        Ok(Err(Error::Query(pg, _))) if pg.code().is_some_and(|c| c.code() == "57014") => {
             (Err((timeout_err(true), Verdict::Fail)), false)
         }
-        Ok(Err(pg)) => (Err(statement_error(pg, idempotent)), false),
+        Ok(Err(e)) => (Err(classify_error(e, conn, ctx)), false),
         Err(_) => (Err((timeout_err(false), Verdict::Fail)), true),
     }
 }
 
-fn statement_error(pg: tokio_postgres::Error, idempotent: bool) -> (Error, Verdict) {
-    match classify(&pg, idempotent, false, false) {
-        Verdict::OutcomeUnknown => (Error::OutcomeUnknown(pg), Verdict::OutcomeUnknown),
-        v => (Error::Query(pg, 0), v),
+/// The verdict on a statement's error. A failure before the execution was sent (while
+/// preparing, or on a connection already closed) ran nothing, so it is as safe to retry as an
+/// idempotent call.
+pub(super) fn classify_error(e: Error, conn: &PgConn, ctx: Ctx) -> (Error, Verdict) {
+    match e {
+        Error::Query(pg, _) => {
+            let idempotent = ctx.idempotent || !conn.reached_execution();
+            match classify(&pg, idempotent, ctx.in_transaction, ctx.commit) {
+                Verdict::OutcomeUnknown => (Error::OutcomeUnknown(pg), Verdict::OutcomeUnknown),
+                v => (Error::Query(pg, 0), v),
+            }
+        }
+        other => (other, Verdict::Fail),
     }
 }

@@ -2,25 +2,31 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Mutex;
 
 use tokio::time::Instant;
 use tokio_postgres::Row;
 
-use super::call::Params;
-use super::PoolManager;
+use super::call::{bounded, Ctx, Params};
+use super::{ManagerOptions, PoolManager};
 use crate::conn::PgConn;
 use crate::error::Error;
+use crate::pool::PooledConnection;
 use crate::retry::{classify, RetryClock, Verdict};
 
 /// The future a transaction body returns.
 pub type TxFuture<'t, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 't>>;
 
-/// The transaction handed to a body: statements through the connection's statement cache.
+/// The transaction handed to a body: statements through the connection's statement cache,
+/// each under the query timeout.
 pub struct Tx<'t> {
     conn: &'t PgConn,
-    /// The first statement failure (SQLSTATE and message), which aborted the transaction.
+    opts: &'t ManagerOptions,
+    /// The first failure that aborted the transaction on the server.
     failed: Mutex<Option<String>>,
+    /// A statement timed out and did not provably end: the connection must be closed.
+    discard: AtomicBool,
 }
 
 impl std::fmt::Debug for Tx<'_> {
@@ -30,39 +36,65 @@ impl std::fmt::Debug for Tx<'_> {
 }
 
 impl<'t> Tx<'t> {
-    fn note<T>(&self, r: Result<T, tokio_postgres::Error>) -> Result<T, Error> {
-        r.map_err(|pg| {
-            let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
-            if failed.is_none() {
-                let code = pg.code().map_or("", |c| c.code());
-                *failed = Some(format!("{pg} [SQLSTATE {code}]"));
+    async fn run<T>(&self, fut: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+        let ctx = Ctx {
+            idempotent: false,
+            in_transaction: true,
+            commit: false,
+        };
+        let (r, discard) = bounded(self.opts, self.conn, fut, ctx).await;
+        if discard {
+            self.discard.store(true, Relaxed);
+        }
+        r.map_err(|(e, _)| {
+            // Server errors, a lost connection and a timeout abort the transaction; client-side
+            // errors (a wrong row count, a parameter of the wrong type) do not.
+            let aborts = match &e {
+                Error::Query(pg, _) | Error::OutcomeUnknown(pg) => {
+                    pg.code().is_some() || pg.is_closed()
+                }
+                Error::QueryTimeout { .. } => true,
+                _ => false,
+            };
+            if aborts {
+                let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+                if failed.is_none() {
+                    *failed = Some(e.to_string());
+                }
             }
-            Error::Query(pg, 0)
+            e
         })
     }
 
     /// Every row of a statement.
     ///
     /// # Errors
-    /// [`Error::Query`]; a failure aborts the transaction.
+    /// [`Error::Query`] or [`Error::QueryTimeout`]; either aborts the transaction.
     pub async fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
-        self.note(self.conn.query(sql, params).await)
+        self.run(async {
+            self.conn
+                .query(sql, params)
+                .await
+                .map_err(|e| Error::Query(e, 0))
+        })
+        .await
     }
 
     /// Exactly one row.
     ///
     /// # Errors
-    /// As [`Tx::query`], and when the statement returns no row or several.
+    /// As [`Tx::query`], and [`Error::RowCount`] when the statement returns no row or several
+    /// (which does not abort the transaction).
     pub async fn query_one(&self, sql: &str, params: Params<'_>) -> Result<Row, Error> {
-        self.note(self.conn.query_one(sql, params).await)
+        self.run(self.conn.query_one(sql, params)).await
     }
 
     /// Zero or one row.
     ///
     /// # Errors
-    /// As [`Tx::query`], and when the statement returns several rows.
+    /// As [`Tx::query_one`].
     pub async fn query_opt(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>, Error> {
-        self.note(self.conn.query_opt(sql, params).await)
+        self.run(self.conn.query_opt(sql, params)).await
     }
 
     /// The number of rows affected.
@@ -70,7 +102,23 @@ impl<'t> Tx<'t> {
     /// # Errors
     /// As [`Tx::query`].
     pub async fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, Error> {
-        self.note(self.conn.execute(sql, params).await)
+        self.run(async {
+            self.conn
+                .execute(sql, params)
+                .await
+                .map_err(|e| Error::Query(e, 0))
+        })
+        .await
+    }
+}
+
+/// A failed COMMIT: rerun the body on 40001 / 40P01 (the transaction rolled back); keep
+/// "outcome unknown" for a lost COMMIT; otherwise final.
+fn commit_failure(e: Error, v: Verdict) -> (Error, Verdict) {
+    if rerunnable(e.code()) {
+        (e, Verdict::Retry)
+    } else {
+        (e, v)
     }
 }
 
@@ -159,45 +207,84 @@ impl PoolManager {
         })?;
         // Cancellation safety: if this future is dropped from here on, the connection goes
         // back marked in-transaction and the pool rolls it back before reuse.
-        let tx = Tx {
-            conn: &conn,
-            failed: Mutex::new(None),
-        };
-        let out = body(&tx).await;
-        let failed = tx.failed.lock().unwrap_or_else(|p| p.into_inner()).take();
-        match (out, failed) {
-            (Ok(v), None) => match conn.finish(true).await {
-                Ok(()) => Ok(v),
-                Err(pg) => {
-                    let code = pg.code().map(|c| c.code().to_owned());
-                    if rerunnable(code.as_deref()) {
-                        Err((Error::Query(pg, 0), Verdict::Retry))
-                    } else {
-                        match classify(&pg, false, true, true) {
-                            Verdict::OutcomeUnknown => {
-                                Err((Error::OutcomeUnknown(pg), Verdict::OutcomeUnknown))
-                            }
-                            v => Err((Error::Query(pg, 0), v)),
+        let (result, discard) = {
+            let pg: &PgConn = &conn;
+            let tx = Tx {
+                conn: pg,
+                opts: &self.inner.opts,
+                failed: Mutex::new(None),
+                discard: AtomicBool::new(false),
+            };
+            let out = body(&tx).await;
+            let failed = tx.failed.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let abandoned = pg.in_flight() > 0;
+            let finish = |commit: bool| {
+                let ctx = Ctx {
+                    idempotent: false,
+                    in_transaction: true,
+                    commit,
+                };
+                let fut = async move { pg.finish(commit).await.map_err(|e| Error::Query(e, 0)) };
+                bounded(&self.inner.opts, pg, fut, ctx)
+            };
+            let mut discard = tx.discard.load(Relaxed);
+            let result = if discard {
+                // A statement timed out and may still run: close the connection, which rolls the
+                // transaction back on the server.
+                Err(match (out, failed) {
+                    (Err(e), _) => (e, Verdict::Fail),
+                    (Ok(_), first) => (
+                        Error::RolledBack(first.unwrap_or_else(|| "a statement timed out".into())),
+                        Verdict::Fail,
+                    ),
+                })
+            } else {
+                match (out, failed) {
+                    (Ok(_), _) if abandoned => {
+                        // A statement's future was dropped inside the body: it may still fail and
+                        // abort the transaction, and COMMIT would then quietly roll back.
+                        let (r, d) = finish(false).await;
+                        discard = d || r.is_err();
+                        Err((
+                            Error::RolledBack(
+                                "a statement in the body was abandoned before it finished".into(),
+                            ),
+                            Verdict::Fail,
+                        ))
+                    }
+                    (Ok(v), None) => {
+                        let (r, d) = finish(true).await;
+                        discard = d;
+                        match r {
+                            Ok(()) => Ok(v),
+                            Err((e, v)) => Err(commit_failure(e, v)),
                         }
                     }
+                    (Ok(_), Some(first)) => {
+                        // The body swallowed a failed statement. COMMIT would quietly roll back;
+                        // say so instead.
+                        let (r, d) = finish(false).await;
+                        discard = d || r.is_err();
+                        Err((Error::RolledBack(first), Verdict::Fail))
+                    }
+                    (Err(e), _) => {
+                        // If the rollback fails the connection stays marked and the pool resets it.
+                        let (r, d) = finish(false).await;
+                        discard = d || r.is_err();
+                        let v = if rerunnable(e.code()) {
+                            Verdict::Retry
+                        } else {
+                            Verdict::Fail
+                        };
+                        Err((e, v))
+                    }
                 }
-            },
-            (Ok(_), Some(first)) => {
-                // The body swallowed a failed statement. COMMIT would quietly roll back;
-                // say so instead.
-                let _ = conn.finish(false).await;
-                Err((Error::RolledBack(first), Verdict::Fail))
-            }
-            (Err(e), _) => {
-                // If the rollback fails the connection stays marked and the pool resets it.
-                let _ = conn.finish(false).await;
-                let v = if rerunnable(e.code()) {
-                    Verdict::Retry
-                } else {
-                    Verdict::Fail
-                };
-                Err((e, v))
-            }
+            };
+            (result, discard)
+        };
+        if discard {
+            PooledConnection::discard(conn);
         }
+        result
     }
 }

@@ -10,4 +10,5 @@ mod pool_basic;
 mod pool_clean;
 mod pool_faults;
 mod proxy;
+mod regressions;
 mod tls;
