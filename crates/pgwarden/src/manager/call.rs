@@ -54,16 +54,14 @@ impl sealed::Sealed for Exec {}
 
 impl Op for Rows {
     type Out = Vec<Row>;
-    fn run<'c>(
+    async fn run<'c>(
         conn: &'c PgConn,
         sql: &'c str,
         params: Params<'c>,
-    ) -> impl Future<Output = Result<Vec<Row>, Error>> + Send + 'c {
-        async move {
-            conn.query(sql, params)
-                .await
-                .map_err(|e| Error::Query(e, 0))
-        }
+    ) -> Result<Vec<Row>, Error> {
+        conn.query(sql, params)
+            .await
+            .map_err(|e| Error::Query(e, 0))
     }
 }
 
@@ -91,16 +89,10 @@ impl Op for Opt {
 
 impl Op for Exec {
     type Out = u64;
-    fn run<'c>(
-        conn: &'c PgConn,
-        sql: &'c str,
-        params: Params<'c>,
-    ) -> impl Future<Output = Result<u64, Error>> + Send + 'c {
-        async move {
-            conn.execute(sql, params)
-                .await
-                .map_err(|e| Error::Query(e, 0))
-        }
+    async fn run<'c>(conn: &'c PgConn, sql: &'c str, params: Params<'c>) -> Result<u64, Error> {
+        conn.execute(sql, params)
+            .await
+            .map_err(|e| Error::Query(e, 0))
     }
 }
 
