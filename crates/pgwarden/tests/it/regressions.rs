@@ -160,8 +160,8 @@ async fn regression_transaction_statements_ignore_query_timeout() {
     );
 }
 
-/// R4: a Parse (prepare) that never executed is classified "outcome unknown" when the session is
-/// lost: the write was never run, and it is neither retried nor reported as safe to retry.
+/// R4: a Parse (prepare) that never executed was classified "outcome unknown" when the session
+/// was lost, though the write never ran. Now it is retried, and runs exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_session_lost_during_prepare_is_reported_outcome_unknown() {
     let (server, db) = shared_db();
@@ -181,6 +181,7 @@ async fn regression_session_lost_during_prepare_is_reported_outcome_unknown() {
     let killer = {
         let (server, app) = (Arc::clone(&server), app.clone());
         tokio::spawn(async move {
+            let lk = lk;
             eventually(Duration::from_secs(5), "parse waiting on the lock", || {
                 let (s, a) = (Arc::clone(&server), app.clone());
                 async move {
@@ -195,13 +196,14 @@ async fn regression_session_lost_during_prepare_is_reported_outcome_unknown() {
             })
             .await;
             let (s, a) = (Arc::clone(&server), app.clone());
-            blocking(move || s.terminate_backends(&a)).await.unwrap()
+            let killed = blocking(move || s.terminate_backends(&a)).await.unwrap();
+            // Release the lock: the retried INSERT can then run.
+            lk.batch_execute("ROLLBACK").await.unwrap();
+            killed
         })
     };
     let r = m.execute("INSERT INTO t VALUES (1)", &[]).await;
     assert!(killer.await.unwrap() >= 1);
-    lk.batch_execute("ROLLBACK").await.unwrap();
-    drop(lk);
     let n: i64 = m
         .query_one("SELECT count(*) FROM t", &[])
         .await
@@ -213,6 +215,9 @@ async fn regression_session_lost_during_prepare_is_reported_outcome_unknown() {
         !unknown,
         "a statement lost during Parse (never executed) was reported outcome unknown: {r:?}"
     );
+    assert_eq!(r.unwrap(), 1, "retried after the lost Parse");
+    assert_eq!(n, 1, "ran exactly once");
+    assert!(m.metrics().queries.retries >= 1);
 }
 
 /// R5: DISCARD ALL / DEALLOCATE ALL through the tracked batch_execute under the default
