@@ -136,6 +136,63 @@ impl<'a, O: Op> IntoFuture for Call<'a, O> {
     }
 }
 
+/// One call's retries: the schedule, the budget, the stats. Drives the loop that both
+/// statement calls and transactions run:
+/// `loop { match retrying.next(attempt(retrying.deadline()).await).await { Some(r) => break r, None => {} } }`.
+pub(super) struct Retrying<'a> {
+    db: &'a PoolManager,
+    started: Instant,
+    clock: RetryClock,
+    what: &'a str,
+}
+
+impl<'a> Retrying<'a> {
+    pub(super) fn new(db: &'a PoolManager, what: &'a str) -> Self {
+        let opts = &db.inner.opts;
+        Self {
+            db,
+            started: Instant::now(),
+            clock: RetryClock::new(opts.retry_attempts, opts.retry_budget),
+            what,
+        }
+    }
+
+    /// The acquire deadline of the next attempt: the acquire timeout, cut to the budget.
+    pub(super) fn deadline(&self) -> Instant {
+        let deadline = Instant::now() + self.db.inner.primary.options().acquire_timeout;
+        match self.clock.budget_end() {
+            Some(end) => deadline.min(end),
+            None => deadline,
+        }
+    }
+
+    /// After an attempt: the call's result, or `None` after waiting out the backoff before the
+    /// next attempt.
+    pub(super) async fn next<T>(&mut self, outcome: AttemptResult<T>) -> Option<Result<T, Error>> {
+        let result = match outcome {
+            Ok(v) => Ok(v),
+            Err((e, Verdict::Retry)) => match self.clock.next_delay(Instant::now()) {
+                Some(delay) => {
+                    self.db.inner.stats.retry();
+                    tracing::debug!(call = self.what, error = %e, delay_ms = delay.as_millis() as u64, "retrying");
+                    tokio::time::sleep(delay).await;
+                    return None;
+                }
+                None if self.clock.retries() == 0 => Err(e),
+                None => Err(Error::RetriesExhausted {
+                    attempts: self.clock.retries() + 1,
+                    elapsed: self.started.elapsed(),
+                    last: Box::new(e),
+                }),
+            },
+            Err((Error::Query(pg, _), _)) => Err(Error::Query(pg, self.clock.retries())),
+            Err((e, _)) => Err(e),
+        };
+        self.db.inner.stats.call(self.started.elapsed(), &result);
+        Some(result)
+    }
+}
+
 /// The retry loop of one call.
 async fn run<O: Op>(
     db: &PoolManager,
@@ -143,38 +200,13 @@ async fn run<O: Op>(
     params: Params<'_>,
     idempotent: bool,
 ) -> Result<O::Out, Error> {
-    let started = Instant::now();
-    let opts = &db.inner.opts;
-    let mut clock = RetryClock::new(opts.retry_attempts, opts.retry_budget);
-    let result = loop {
-        let now = Instant::now();
-        let mut deadline = now + db.inner.primary.options().acquire_timeout;
-        if let Some(end) = clock.budget_end() {
-            deadline = deadline.min(end);
+    let mut retrying = Retrying::new(db, sql);
+    loop {
+        let outcome = attempt::<O>(db, sql, params, idempotent, retrying.deadline()).await;
+        if let Some(result) = retrying.next(outcome).await {
+            return result;
         }
-        match attempt::<O>(db, sql, params, idempotent, deadline).await {
-            Ok(v) => break Ok(v),
-            Err((e, Verdict::Retry)) => match clock.next_delay(Instant::now()) {
-                Some(delay) => {
-                    db.inner.stats.retry();
-                    tracing::debug!(sql, error = %e, delay_ms = delay.as_millis() as u64, "retrying");
-                    tokio::time::sleep(delay).await;
-                }
-                None if clock.retries() == 0 => break Err(e),
-                None => {
-                    break Err(Error::RetriesExhausted {
-                        attempts: clock.retries() + 1,
-                        elapsed: started.elapsed(),
-                        last: Box::new(e),
-                    })
-                }
-            },
-            Err((Error::Query(pg, _), _)) => break Err(Error::Query(pg, clock.retries())),
-            Err((e, _)) => break Err(e),
-        }
-    };
-    db.inner.stats.call(started.elapsed(), &result);
-    result
+    }
 }
 
 pub(super) type AttemptResult<T> = Result<T, (Error, Verdict)>;

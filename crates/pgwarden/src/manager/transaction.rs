@@ -8,12 +8,12 @@ use std::sync::Mutex;
 use tokio::time::Instant;
 use tokio_postgres::Row;
 
-use super::call::{bounded, Ctx, Params};
+use super::call::{bounded, Ctx, Params, Retrying};
 use super::{ManagerOptions, PoolManager};
 use crate::conn::PgConn;
 use crate::error::Error;
 use crate::pool::PooledConnection;
-use crate::retry::{classify, RetryClock, Verdict};
+use crate::retry::{classify, Verdict};
 
 /// The future a transaction body returns.
 pub type TxFuture<'t, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 't>>;
@@ -156,36 +156,13 @@ impl PoolManager {
         T: Send,
         F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
     {
-        let started = Instant::now();
-        let opts = &self.inner.opts;
-        let mut clock = RetryClock::new(opts.retry_attempts, opts.retry_budget);
-        let result = loop {
-            let mut deadline = Instant::now() + self.inner.primary.options().acquire_timeout;
-            if let Some(end) = clock.budget_end() {
-                deadline = deadline.min(end);
+        let mut retrying = Retrying::new(self, "transaction");
+        loop {
+            let outcome = self.tx_attempt(&mut body, retrying.deadline()).await;
+            if let Some(result) = retrying.next(outcome).await {
+                return result;
             }
-            match self.tx_attempt(&mut body, deadline).await {
-                Ok(v) => break Ok(v),
-                Err((e, Verdict::Retry)) => match clock.next_delay(Instant::now()) {
-                    Some(delay) => {
-                        self.inner.stats.retry();
-                        tracing::debug!(error = %e, "rerunning the transaction body");
-                        tokio::time::sleep(delay).await;
-                    }
-                    None if clock.retries() == 0 => break Err(e),
-                    None => {
-                        break Err(Error::RetriesExhausted {
-                            attempts: clock.retries() + 1,
-                            elapsed: started.elapsed(),
-                            last: Box::new(e),
-                        })
-                    }
-                },
-                Err((e, _)) => break Err(e),
-            }
-        };
-        self.inner.stats.call(started.elapsed(), &result);
-        result
+        }
     }
 
     async fn tx_attempt<T, F>(&self, body: &mut F, deadline: Instant) -> Result<T, (Error, Verdict)>

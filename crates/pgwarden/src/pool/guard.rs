@@ -203,13 +203,7 @@ pub(super) async fn acquire<C: Connector>(
                     Err(_elapsed) => {
                         wait.settled = true;
                         drop(wait); // leave the queue before the snapshot
-                        Counters::inc(&inner.counters.acquires_timed_out);
-                        let st = inner.lock();
-                        return Err(Error::AcquireTimeout {
-                            waited: start.elapsed(),
-                            last_connect_error: st.last_error.clone(),
-                            status: st.status(inner.opts.max_size),
-                        });
+                        return Err(timed_out(inner, start));
                     }
                 }
             }
@@ -235,13 +229,7 @@ pub(super) async fn acquire<C: Connector>(
             inner.wake_worker();
             front = true;
             if Instant::now() >= deadline {
-                Counters::inc(&inner.counters.acquires_timed_out);
-                let st = inner.lock();
-                return Err(Error::AcquireTimeout {
-                    waited: start.elapsed(),
-                    last_connect_error: st.last_error.clone(),
-                    status: st.status(inner.opts.max_size),
-                });
+                return Err(timed_out(inner, start));
             }
             continue;
         }
@@ -258,6 +246,17 @@ pub(super) async fn acquire<C: Connector>(
             Counters::inc(&c.reused);
         }
         return Ok(guard);
+    }
+}
+
+/// Counts an acquire timeout and builds its error: the real cause and a pool snapshot.
+fn timed_out<C: Connector>(inner: &Inner<C>, start: Instant) -> Error {
+    Counters::inc(&inner.counters.acquires_timed_out);
+    let st = inner.lock();
+    Error::AcquireTimeout {
+        waited: start.elapsed(),
+        last_connect_error: st.last_error.clone(),
+        status: st.status(inner.opts.max_size),
     }
 }
 
