@@ -64,8 +64,8 @@ fn is_stale_statement(e: &tokio_postgres::Error) -> bool {
         })
 }
 
-/// True when `sql` starts with a transaction-control keyword (after blanks and comments).
-fn is_transaction_control(sql: &str) -> bool {
+/// The first word of `sql`, after blanks and comments.
+pub(crate) fn first_keyword(sql: &str) -> &str {
     let mut s = sql.trim_start();
     loop {
         if let Some(rest) = s.strip_prefix("--") {
@@ -76,7 +76,12 @@ fn is_transaction_control(sql: &str) -> bool {
             break;
         }
     }
-    let word = &s[..s.bytes().take_while(u8::is_ascii_alphabetic).count()];
+    &s[..s.bytes().take_while(u8::is_ascii_alphabetic).count()]
+}
+
+/// True when `sql` starts with a transaction-control keyword (after blanks and comments).
+fn is_transaction_control(sql: &str) -> bool {
+    let word = first_keyword(sql);
     [
         "BEGIN",
         "START",

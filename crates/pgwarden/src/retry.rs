@@ -57,12 +57,24 @@ pub fn classify(
     match code {
         Some(c) if NOT_CONNECTED.contains(&c) => Verdict::Retry,
         Some(c) if TRANSIENT_STATEMENT.contains(&c) && !in_transaction => Verdict::Retry,
-        Some(c) if session_lost(c) => lost(idempotent, in_transaction, was_commit),
+        Some(c) if session_lost(c) && ends_session(err) => {
+            lost(idempotent, in_transaction, was_commit)
+        }
         Some(_) => Verdict::Fail,
         // No server error: the connection broke (closed, reset, I/O). Anything may have run.
         None if err.is_closed() || is_io(err) => lost(idempotent, in_transaction, was_commit),
         None => Verdict::Fail,
     }
+}
+
+/// A FATAL (or PANIC) response ends the session, and with it whatever was running; an ERROR
+/// with a connection-class code (a foreign server's, say) only ended this statement, which
+/// rolled back.
+fn ends_session(err: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::Severity;
+    err.as_db_error()
+        .and_then(|db| db.parsed_severity())
+        .is_none_or(|s| matches!(s, Severity::Fatal | Severity::Panic))
 }
 
 fn lost(idempotent: bool, in_transaction: bool, was_commit: bool) -> Verdict {

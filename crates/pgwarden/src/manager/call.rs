@@ -232,7 +232,7 @@ async fn attempt<O: Op>(
         &db.inner.opts,
         &conn,
         O::run(&conn, sql, params),
-        Ctx::autocommit(idempotent),
+        Ctx::autocommit(idempotent, sql),
     )
     .await;
     db.inner
@@ -250,14 +250,19 @@ pub(super) struct Ctx {
     pub(super) idempotent: bool,
     pub(super) in_transaction: bool,
     pub(super) commit: bool,
+    /// False for `CALL` and `DO`: a procedure may COMMIT part of its work before it fails, so
+    /// even a serialization failure does not prove that nothing committed.
+    pub(super) atomic: bool,
 }
 
 impl Ctx {
-    pub(super) fn autocommit(idempotent: bool) -> Self {
+    pub(super) fn autocommit(idempotent: bool, sql: &str) -> Self {
+        let word = crate::conn::first_keyword(sql);
         Self {
             idempotent,
             in_transaction: false,
             commit: false,
+            atomic: !(word.eq_ignore_ascii_case("CALL") || word.eq_ignore_ascii_case("DO")),
         }
     }
 }
@@ -312,9 +317,13 @@ where
 pub(super) fn classify_error(e: Error, conn: &PgConn, ctx: Ctx) -> (Error, Verdict) {
     match e {
         Error::Query(pg, _) => {
-            let idempotent = ctx.idempotent || !conn.reached_execution();
+            let executed = conn.reached_execution();
+            let idempotent = ctx.idempotent || !executed;
             match classify(&pg, idempotent, ctx.in_transaction, ctx.commit) {
                 Verdict::OutcomeUnknown => (Error::OutcomeUnknown(pg), Verdict::OutcomeUnknown),
+                Verdict::Retry if executed && !ctx.atomic && !ctx.idempotent => {
+                    (Error::Query(pg, 0), Verdict::Fail)
+                }
                 v => (Error::Query(pg, 0), v),
             }
         }

@@ -41,6 +41,7 @@ impl<'t> Tx<'t> {
             idempotent: false,
             in_transaction: true,
             commit: false,
+            atomic: true,
         };
         let (r, discard) = bounded(self.opts, self.conn, fut, ctx).await;
         if discard {
@@ -200,6 +201,7 @@ impl PoolManager {
                     idempotent: false,
                     in_transaction: true,
                     commit,
+                    atomic: true,
                 };
                 let fut = async move { pg.finish(commit).await.map_err(|e| Error::Query(e, 0)) };
                 bounded(&self.inner.opts, pg, fut, ctx)

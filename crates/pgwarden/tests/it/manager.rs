@@ -755,3 +755,53 @@ async fn cache_size_zero_uses_only_unnamed_statements_in_one_round_trip() {
     assert_eq!(named, 0);
     assert_eq!(m.metrics().statement_cache.hits, 0);
 }
+
+/// A serialization failure is retried for a plain statement (it rolled back whole) but not for
+/// `CALL`: a procedure may have committed part of its work first. An ERROR (not FATAL) with a
+/// connection-class SQLSTATE ended only the statement: a plain failure, not "outcome unknown".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn procedures_are_not_retried_and_statement_errors_are_not_lost_sessions() {
+    let (server, db) = shared_db();
+    let mut mo = mopts();
+    mo.retry_attempts = 2;
+    let (m, app) = manager(&server, &db, "proc", test_opts(2, 0), mo);
+    m.execute("CREATE TABLE pc (v int)", &[]).await.unwrap();
+    m.execute(
+        "CREATE PROCEDURE p() LANGUAGE plpgsql AS $$ BEGIN INSERT INTO pc VALUES (1); COMMIT; \
+         RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END $$",
+        &[],
+    )
+    .await
+    .unwrap();
+    m.execute(
+        "CREATE FUNCTION f(code text) RETURNS int LANGUAGE plpgsql AS $$ BEGIN \
+         RAISE EXCEPTION 'raised' USING ERRCODE = code; END $$",
+        &[],
+    )
+    .await
+    .unwrap();
+
+    let before = m.metrics().queries.retries;
+    let err = m.execute("CALL p()", &[]).await.unwrap_err();
+    assert_eq!(err.code(), Some("40001"), "{err}");
+    assert_eq!(m.metrics().queries.retries, before, "CALL was retried");
+    let n: i64 = m
+        .query_one("SELECT count(*) FROM pc", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "the procedure's committed part ran once");
+
+    let before = m.metrics().queries.retries;
+    let err = m.query_one("SELECT f('40001')", &[]).await.unwrap_err();
+    assert!(
+        matches!(err, Error::RetriesExhausted { attempts: 3, .. }),
+        "{err}"
+    );
+    assert_eq!(m.metrics().queries.retries, before + 2);
+
+    let err = m.query_one("SELECT f('08006')", &[]).await.unwrap_err();
+    assert!(matches!(err, Error::Query(..)), "{err:?}");
+    assert!(!err.outcome_unknown());
+    assert_invariants(&server, m.pool(), &app).await;
+}
