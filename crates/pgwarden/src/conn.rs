@@ -231,6 +231,20 @@ impl<'a> InFlight<'a> {
     }
 }
 
+/// Awaits a statement future with the connection's in-flight count raised.
+///
+/// Cancellation safety: dropping the enclosing future before the statement finishes leaves the
+/// count raised, so the connection is reset (cancel + ROLLBACK) before reuse. (A macro, not an
+/// async fn: awaiting in place keeps every call's future smaller.)
+macro_rules! tracked {
+    ($conn:expr, $fut:expr) => {{
+        let guard = InFlight::start(&$conn.in_flight);
+        let out = $fut.await;
+        guard.done();
+        out
+    }};
+}
+
 impl PgConn {
     pub(crate) fn new(
         client: Client,
@@ -377,7 +391,8 @@ impl PgConn {
             return Ok(s);
         }
         self.note(sql);
-        let stmt = self.tracked(self.client.prepare(sql)).await?;
+        // Boxed: a miss is rare, and tokio-postgres's prepare future is large.
+        let stmt = tracked!(self, Box::pin(self.client.prepare(sql)))?;
         let evicted = self.cache().insert(sql, stmt.clone());
         // Dropping the evicted statement queues its Close on this connection.
         drop(evicted);
@@ -431,35 +446,35 @@ impl PgConn {
     {
         self.note(sql);
         self.executing.store(false, Relaxed);
-        let text = match (sql.prepared(), sql.text()) {
-            (Some(stmt), _) => {
-                self.executing_now();
-                return self.tracked(run(stmt.clone())).await;
+        // One await of `run` on the common path keeps this future (and every call's) small;
+        // the rare paths are boxed.
+        let (stmt, cached) = match (sql.prepared(), sql.text()) {
+            (Some(stmt), _) => (stmt.clone(), None),
+            (None, Some(text)) if !self.cache().enabled() => {
+                let stmt = tracked!(self, Box::pin(self.client.prepare(text)))?;
+                (stmt, None)
             }
-            (None, Some(text)) => text,
+            (None, Some(text)) => (self.prepare_cached(text).await?, Some(text)),
             (None, None) => unreachable!("Sql gives a text or a statement"),
         };
-        if !self.cache().enabled() {
-            let stmt = self.tracked(self.client.prepare(text)).await?;
-            self.executing_now();
-            return self.tracked(run(stmt)).await;
-        }
-        let stmt = self.prepare_cached(text).await?;
         self.executing_now();
-        match self.tracked(run(stmt)).await {
-            Err(e) if is_stale_statement(&e) => {
+        match (tracked!(self, run(stmt)), cached) {
+            (Err(e), Some(text)) if is_stale_statement(&e) => {
                 drop(self.cache().remove(text));
                 if self.in_tx.load(Relaxed) || self.raw.load(Relaxed) {
                     // The failure aborted the transaction: running again inside it would only
                     // meet 25P02. The next use prepares afresh.
                     return Err(e);
                 }
-                self.executing.store(false, Relaxed);
-                let stmt = self.prepare_cached(text).await?;
-                self.executing_now();
-                self.tracked(run(stmt)).await
+                Box::pin(async {
+                    self.executing.store(false, Relaxed);
+                    let stmt = self.prepare_cached(text).await?;
+                    self.executing_now();
+                    tracked!(self, run(stmt))
+                })
+                .await
             }
-            other => other,
+            (other, _) => other,
         }
     }
 
@@ -485,15 +500,6 @@ impl PgConn {
         self.tls.clone()
     }
 
-    async fn tracked<F: Future>(&self, f: F) -> F::Output {
-        // Cancellation safety: dropping this future before `done` leaves the count raised,
-        // so the connection is reset (cancel + ROLLBACK) before reuse.
-        let guard = InFlight::start(&self.in_flight);
-        let out = f.await;
-        guard.done();
-        out
-    }
-
     fn note<T: Sql + ?Sized>(&self, sql: &T) {
         if sql.text().is_some_and(is_transaction_control) {
             self.raw.store(true, Relaxed);
@@ -510,7 +516,7 @@ impl PgConn {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, tokio_postgres::Error> {
         if let Some((text, typed)) = self.unnamed(sql, params) {
-            return self.tracked(self.client.query_typed(text, &typed)).await;
+            return tracked!(self, Box::pin(self.client.query_typed(text, &typed)));
         }
         self.with_statement(sql, |s| async move { self.client.query(&s, params).await })
             .await
@@ -575,7 +581,7 @@ impl PgConn {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, tokio_postgres::Error> {
         if let Some((text, typed)) = self.unnamed(sql, params) {
-            return self.tracked(self.client.execute_typed(text, &typed)).await;
+            return tracked!(self, Box::pin(self.client.execute_typed(text, &typed)));
         }
         self.with_statement(
             sql,
@@ -590,7 +596,7 @@ impl PgConn {
     /// As [`PgConn::query`].
     pub async fn prepare(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
         self.note(sql);
-        self.tracked(self.client.prepare(sql)).await
+        tracked!(self, self.client.prepare(sql))
     }
 
     /// Runs one or more statements with the simple protocol. The pool cannot see what they
@@ -600,21 +606,21 @@ impl PgConn {
     /// As [`PgConn::query`].
     pub async fn batch_execute(&self, sql: &str) -> Result<(), tokio_postgres::Error> {
         self.raw.store(true, Relaxed);
-        self.tracked(self.client.batch_execute(sql)).await
+        tracked!(self, self.client.batch_execute(sql))
     }
 
     /// `BEGIN` for the manager's transaction API; the connection counts as dirty until
     /// [`PgConn::finish`] completes.
     pub(crate) async fn begin(&self) -> Result<(), tokio_postgres::Error> {
         self.in_tx.store(true, Relaxed);
-        self.tracked(self.client.batch_execute("BEGIN")).await
+        tracked!(self, self.client.batch_execute("BEGIN"))
     }
 
     /// `COMMIT` or `ROLLBACK` of a transaction opened with [`PgConn::begin`]. On success the
     /// connection is clean again; on failure it stays marked for a reset.
     pub(crate) async fn finish(&self, commit: bool) -> Result<(), tokio_postgres::Error> {
         let sql = if commit { "COMMIT" } else { "ROLLBACK" };
-        self.tracked(self.client.batch_execute(sql)).await?;
+        tracked!(self, self.client.batch_execute(sql))?;
         self.in_tx.store(false, Relaxed);
         Ok(())
     }

@@ -228,13 +228,11 @@ async fn attempt<O: Op>(
         (e, v)
     })?;
     let started = Instant::now();
-    let (result, discard) = bounded(
-        &db.inner.opts,
-        &conn,
-        O::run(&conn, sql, params),
-        Ctx::autocommit(idempotent, sql),
-    )
-    .await;
+    let (result, discard) = {
+        // Pinned here, not moved into `bounded`: the statement's future is stored once.
+        let fut = std::pin::pin!(O::run(&conn, sql, params));
+        bounded_pinned(&db.inner.opts, &conn, fut, Ctx::autocommit(idempotent, sql)).await
+    };
     db.inner
         .stats
         .statement(sql, started.elapsed(), &db.inner.opts);
@@ -280,8 +278,20 @@ pub(super) async fn bounded<T, F>(
 where
     F: Future<Output = Result<T, Error>>,
 {
-    tokio::pin!(fut);
-    match tokio::time::timeout(opts.query_timeout, &mut fut).await {
+    bounded_pinned(opts, conn, std::pin::pin!(fut), ctx).await
+}
+
+/// [`bounded`] for a future the caller pinned.
+pub(super) async fn bounded_pinned<T, F>(
+    opts: &ManagerOptions,
+    conn: &PgConn,
+    mut fut: Pin<&mut F>,
+    ctx: Ctx,
+) -> (AttemptResult<T>, bool)
+where
+    F: Future<Output = Result<T, Error>>,
+{
+    match tokio::time::timeout(opts.query_timeout, fut.as_mut()).await {
         Ok(r) => return (r.map_err(|e| classify_error(e, conn, ctx)), false),
         Err(_elapsed) => {}
     }
@@ -293,8 +303,10 @@ where
     let grace_end = Instant::now() + opts.cancel_grace;
     // Once the cancel is confirmed, the backend has been signalled: the cancel hits this
     // statement, or is ignored if the statement already ended. It cannot reach a later one.
+    // (Boxed: the cancel's connect-and-handshake future is large and rarely needed; inline it
+    // would weigh on every call's future.)
     let cancelled = matches!(
-        tokio::time::timeout_at(grace_end, conn.cancel_confirmed()).await,
+        Box::pin(tokio::time::timeout_at(grace_end, conn.cancel_confirmed())).await,
         Ok(Ok(()))
     );
     if !cancelled {

@@ -15,7 +15,7 @@ use crate::error::Error;
 /// connection to the pool (or to the worker for a reset when it came back dirty).
 #[must_use = "dropping the guard returns the connection at once"]
 pub struct PooledConnection<C: Connector> {
-    slot: Option<Slot<C::Conn>>,
+    slot: Option<Box<Slot<C::Conn>>>,
     pool: Arc<Inner<C>>,
     /// Set while the pool itself has a round trip in flight on the connection (the validation
     /// ping), or by `discard`: the connection is closed instead of returned, for this reason.
@@ -23,7 +23,7 @@ pub struct PooledConnection<C: Connector> {
 }
 
 impl<C: Connector> PooledConnection<C> {
-    fn new(pool: &Arc<Inner<C>>, slot: Slot<C::Conn>) -> Self {
+    fn new(pool: &Arc<Inner<C>>, slot: Box<Slot<C::Conn>>) -> Self {
         Self {
             slot: Some(slot),
             pool: Arc::clone(pool),
@@ -114,7 +114,7 @@ impl<C: Connector> Drop for WaitGuard<'_, C> {
 }
 
 enum Step<T> {
-    Got(Slot<T>),
+    Got(Box<Slot<T>>),
     /// Queued: the waiter's id, its receiver, connects to spawn, whether to wake the worker.
     Wait(u64, oneshot::Receiver<Handoff<T>>, u32, bool),
     Fail(Error),
@@ -283,7 +283,13 @@ async fn check<C: Connector>(
             .validation_timeout
             .min(deadline.saturating_duration_since(now));
     guard.poisoned = Some(CloseReason::FailedValidation);
-    match tokio::time::timeout_at(bound, inner.connector.validate(&guard.slot().conn)).await {
+    // Boxed: rarely needed, and it would otherwise weigh on every acquire's future.
+    match Box::pin(tokio::time::timeout_at(
+        bound,
+        inner.connector.validate(&guard.slot().conn),
+    ))
+    .await
+    {
         Ok(Ok(())) => {
             guard.poisoned = None;
             None

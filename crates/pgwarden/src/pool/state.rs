@@ -12,7 +12,9 @@ use super::counters::CloseReason;
 use super::{Connector, Inner, KillSwitch, Status};
 use crate::error::ConnectError;
 
-/// One connection the pool owns, with its timestamps.
+/// One connection the pool owns, with its timestamps. Kept boxed: a connection can be large
+/// (a `PgConn` is ~450 bytes), and it moves between the idle stack, hand-offs and guards on
+/// every checkout.
 pub(crate) struct Slot<T> {
     pub(crate) conn: T,
     pub(crate) id: u64,
@@ -26,7 +28,7 @@ pub(crate) struct Slot<T> {
 
 /// What a waiter receives.
 pub(crate) enum Handoff<T> {
-    Conn(Slot<T>),
+    Conn(Box<Slot<T>>),
     Failed(ConnectError),
     Closed,
 }
@@ -38,9 +40,9 @@ pub(crate) struct Waiter<T> {
 
 pub(crate) struct State<T> {
     /// Idle connections; the most recently used at the end (popped first), the least at index 0.
-    pub(crate) idle: Vec<Slot<T>>,
+    pub(crate) idle: Vec<Box<Slot<T>>>,
     /// Dirty connections waiting for the worker to reset them.
-    pub(crate) dirty: Vec<Slot<T>>,
+    pub(crate) dirty: Vec<Box<Slot<T>>>,
     /// Every connection the pool owns or is opening: idle + in use + dirty/resetting + opening.
     pub(crate) size: u32,
     pub(crate) opening: u32,
@@ -146,9 +148,9 @@ impl<C: Connector> Inner<C> {
     pub(crate) fn retire(
         &self,
         st: &mut State<C::Conn>,
-        slot: Slot<C::Conn>,
+        slot: Box<Slot<C::Conn>>,
         reason: CloseReason,
-    ) -> Slot<C::Conn> {
+    ) -> Box<Slot<C::Conn>> {
         st.size -= 1;
         let kill = st.live.remove(&slot.id);
         self.counters.closed(reason);
@@ -164,7 +166,7 @@ impl<C: Connector> Inner<C> {
     }
 
     /// Hands a clean connection to the oldest waiter still listening, or makes it idle.
-    pub(crate) fn deliver(&self, st: &mut State<C::Conn>, mut slot: Slot<C::Conn>) {
+    pub(crate) fn deliver(&self, st: &mut State<C::Conn>, mut slot: Box<Slot<C::Conn>>) {
         // Just opened, used, or reset: known alive now, so no ping before its next use.
         slot.idle_since = Instant::now();
         while let Some(w) = st.waiters.pop_front() {
@@ -200,7 +202,11 @@ impl<C: Connector> Inner<C> {
     }
 
     /// Returns a checked-out connection. Synchronous and cheap: no I/O, no spawning.
-    pub(crate) fn release(self: &Arc<Self>, mut slot: Slot<C::Conn>, forced: Option<CloseReason>) {
+    pub(crate) fn release(
+        self: &Arc<Self>,
+        mut slot: Box<Slot<C::Conn>>,
+        forced: Option<CloseReason>,
+    ) {
         let broken = forced.is_some() || self.connector.is_closed(&slot.conn);
         let dirty = !broken && self.connector.needs_reset(&slot.conn);
         let now = Instant::now();
@@ -239,17 +245,17 @@ impl<C: Connector> Inner<C> {
     }
 
     /// Makes a slot for a freshly opened connection.
-    pub(crate) fn new_slot(&self, st: &mut State<C::Conn>, conn: C::Conn) -> Slot<C::Conn> {
+    pub(crate) fn new_slot(&self, st: &mut State<C::Conn>, conn: C::Conn) -> Box<Slot<C::Conn>> {
         let id = st.next_id();
         st.live.insert(id, self.connector.kill(&conn));
         let now = Instant::now();
-        Slot {
+        Box::new(Slot {
             conn,
             id,
             expires: now + jittered_lifetime(self.opts.max_lifetime),
             idle_since: now,
             used: false,
-        }
+        })
     }
 }
 

@@ -184,7 +184,7 @@ pub(super) async fn connect_one<C: Connector>(inner: Arc<Inner<C>>) {
 
 /// Resets a connection that came back dirty; closes (and kills) it when that fails or takes
 /// longer than the reset timeout.
-async fn reset_one<C: Connector>(inner: Arc<Inner<C>>, slot: Slot<C::Conn>) {
+async fn reset_one<C: Connector>(inner: Arc<Inner<C>>, slot: Box<Slot<C::Conn>>) {
     // Cancellation safety: if this task is dropped, `slot` is dropped with it and the size is
     // fixed by `Unaccounted`.
     struct Unaccounted<'a, C: Connector>(&'a Inner<C>, Option<u64>);
