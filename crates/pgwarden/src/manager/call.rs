@@ -13,7 +13,7 @@ use super::{ManagerOptions, PoolManager};
 use crate::conn::PgConn;
 use crate::error::Error;
 use crate::retry::{classify, RetryClock, Verdict};
-use crate::PooledConnection;
+use crate::{PgConnector, PooledConnection};
 
 /// Statement parameters.
 pub type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
@@ -211,6 +211,22 @@ async fn run<O: Op>(
 
 pub(super) type AttemptResult<T> = Result<T, (Error, Verdict)>;
 
+/// A connection for one attempt; failing to get one is worth another attempt only when
+/// waiting may help (busy pool, server unreachable).
+pub(super) async fn checkout(
+    db: &PoolManager,
+    deadline: Instant,
+) -> Result<PooledConnection<PgConnector>, (Error, Verdict)> {
+    db.inner.primary.get_until(deadline).await.map_err(|e| {
+        let v = if e.is_transient() {
+            Verdict::Retry
+        } else {
+            Verdict::Fail
+        };
+        (e, v)
+    })
+}
+
 /// One attempt: a connection, the statement under the query timeout, and the verdict.
 async fn attempt<O: Op>(
     db: &PoolManager,
@@ -219,14 +235,7 @@ async fn attempt<O: Op>(
     idempotent: bool,
     deadline: Instant,
 ) -> AttemptResult<O::Out> {
-    let conn = db.inner.primary.get_until(deadline).await.map_err(|e| {
-        let v = if e.is_transient() {
-            Verdict::Retry
-        } else {
-            Verdict::Fail
-        };
-        (e, v)
-    })?;
+    let conn = checkout(db, deadline).await?;
     let started = Instant::now();
     let (result, discard) = {
         // Pinned here, not moved into `bounded`: the statement's future is stored once.

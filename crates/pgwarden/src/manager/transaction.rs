@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use tokio::time::Instant;
 use tokio_postgres::Row;
 
-use super::call::{bounded, Ctx, Params, Retrying};
+use super::call::{bounded, checkout, Ctx, Params, Retrying};
 use super::{ManagerOptions, PoolManager};
 use crate::conn::PgConn;
 use crate::error::Error;
@@ -170,14 +170,7 @@ impl PoolManager {
     where
         F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T>,
     {
-        let conn = self.inner.primary.get_until(deadline).await.map_err(|e| {
-            let v = if e.is_transient() {
-                Verdict::Retry
-            } else {
-                Verdict::Fail
-            };
-            (e, v)
-        })?;
+        let conn = checkout(self, deadline).await?;
         // Nothing has run before BEGIN is answered: any failure of it may be retried.
         conn.begin().await.map_err(|pg| {
             let v = classify(&pg, true, false, false);
