@@ -351,3 +351,41 @@ pub(super) fn classify_error(e: Error, conn: &PgConn, ctx: Ctx) -> (Error, Verdi
         other => (other, Verdict::Fail),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every call's future is boxed and moved once, so its size is paid on every call: keep it
+    /// small (it was 6.5 KB before rare paths were boxed and tracking done in place).
+    #[tokio::test]
+    async fn call_and_acquire_futures_stay_small() {
+        fn size_of_val<F>(_: &F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let pg: tokio_postgres::Config = "host=127.0.0.1 port=1 user=nobody dbname=none"
+            .parse()
+            .unwrap();
+        let connector = crate::PgConnector::new(
+            &pg,
+            crate::config::SslMode::Disable,
+            None,
+            crate::ConnectOptions::default(),
+        )
+        .unwrap();
+        let db = super::PoolManager::new(
+            crate::Pool::new(connector, crate::PoolOptions::sized(1, 0)),
+            super::ManagerOptions::default(),
+        );
+        let call = super::run::<super::One>(&db, "SELECT 1", &[], false);
+        assert!(
+            size_of_val(&call) <= 3 * 1024,
+            "call future: {} bytes",
+            size_of_val(&call)
+        );
+        let get = db.pool().get();
+        assert!(
+            size_of_val(&get) <= 1024,
+            "acquire future: {} bytes",
+            size_of_val(&get)
+        );
+    }
+}
