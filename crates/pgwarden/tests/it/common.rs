@@ -114,3 +114,20 @@ pub(crate) async fn assert_invariants(server: &Arc<PgServer>, pool: &PgPool, app
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Waits (bounded) until a session of `app` is active running a statement containing `needle`.
+pub(crate) async fn wait_until_running(server: &Arc<PgServer>, app: &str, needle: &str) {
+    eventually(Duration::from_secs(5), needle, || {
+        let (s, a, n) = (Arc::clone(server), app.to_owned(), needle.to_owned());
+        async move {
+            blocking(move || {
+                s.sessions(&a)
+                    .unwrap()
+                    .iter()
+                    .any(|x| x.state == "active" && x.query.contains(&n))
+            })
+            .await
+        }
+    })
+    .await;
+}

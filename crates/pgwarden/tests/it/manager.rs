@@ -18,6 +18,30 @@ fn mopts() -> ManagerOptions {
     ManagerOptions::default()
 }
 
+/// A manager on one connection through a counting proxy, with the given statement cache size.
+async fn proxied_manager(
+    server: &PgServer,
+    db: &str,
+    tag: &str,
+    cache_size: usize,
+) -> (PoolManager, CountingProxy, String) {
+    let proxy = CountingProxy::start(server.port()).await;
+    let cfg: tokio_postgres::Config = format!(
+        "host=127.0.0.1 port={} user=postgres dbname={db}",
+        proxy.port
+    )
+    .parse()
+    .unwrap();
+    let app = app_name(tag);
+    let mut co = pgwarden::ConnectOptions::default();
+    co.application_name = Some(app.clone());
+    co.statement_cache_size = cache_size;
+    let connector =
+        pgwarden::PgConnector::new(&cfg, pgwarden::config::SslMode::Disable, None, co).unwrap();
+    let m = PoolManager::new(Pool::new(connector, test_opts(1, 0)), mopts());
+    (m, proxy, app)
+}
+
 fn manager(
     server: &PgServer,
     db: &str,
@@ -191,19 +215,7 @@ async fn backend_killed_mid_query_retries_only_idempotent_calls() {
     m.execute("CREATE TABLE t (id int)", &[]).await.unwrap();
     let kill_soon = |server: Arc<PgServer>, app: String| {
         tokio::spawn(async move {
-            eventually(Duration::from_secs(5), "statement running", || {
-                let (s, a) = (Arc::clone(&server), app.clone());
-                async move {
-                    blocking(move || {
-                        s.sessions(&a)
-                            .unwrap()
-                            .iter()
-                            .any(|x| x.state == "active" && x.query.contains("pg_sleep"))
-                    })
-                    .await
-                }
-            })
-            .await;
+            wait_until_running(&server, &app, "pg_sleep").await;
             let (s, a) = (Arc::clone(&server), app.clone());
             blocking(move || s.terminate_backends(&a)).await.unwrap()
         })
@@ -471,20 +483,7 @@ async fn schema_change_under_a_cached_statement_is_healed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statement_cache_is_bounded_and_saves_a_round_trip() {
     let (server, db) = shared_db();
-    let proxy = CountingProxy::start(server.port()).await;
-    let cfg: tokio_postgres::Config = format!(
-        "host=127.0.0.1 port={} user=postgres dbname={db}",
-        proxy.port
-    )
-    .parse()
-    .unwrap();
-    let app = app_name("cache");
-    let mut co = pgwarden::ConnectOptions::default();
-    co.application_name = Some(app.clone());
-    co.statement_cache_size = 100;
-    let connector =
-        pgwarden::PgConnector::new(&cfg, pgwarden::config::SslMode::Disable, None, co).unwrap();
-    let m = PoolManager::new(Pool::new(connector, test_opts(1, 0)), mopts());
+    let (m, proxy, app) = proxied_manager(&server, &db, "cache", 100).await;
     m.query_one("SELECT 1", &[]).await.unwrap();
     for i in 0..5000 {
         let sql = format!("SELECT $1::int4 + {i}");
@@ -683,19 +682,7 @@ async fn slow_statements_are_logged_without_parameter_values() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_size_zero_uses_only_unnamed_statements_in_one_round_trip() {
     let (server, db) = shared_db();
-    let proxy = CountingProxy::start(server.port()).await;
-    let cfg: tokio_postgres::Config = format!(
-        "host=127.0.0.1 port={} user=postgres dbname={db}",
-        proxy.port
-    )
-    .parse()
-    .unwrap();
-    let mut co = pgwarden::ConnectOptions::default();
-    co.application_name = Some(app_name("nocache"));
-    co.statement_cache_size = 0;
-    let connector =
-        pgwarden::PgConnector::new(&cfg, pgwarden::config::SslMode::Disable, None, co).unwrap();
-    let m = PoolManager::new(Pool::new(connector, test_opts(1, 0)), mopts());
+    let (m, proxy, _app) = proxied_manager(&server, &db, "nocache", 0).await;
     m.execute(
         "CREATE TABLE typed (i int4, b int8, t text, f bool, d float8, n int4, a int4[])",
         &[],

@@ -182,19 +182,8 @@ async fn regression_session_lost_during_prepare_is_reported_outcome_unknown() {
         let (server, app) = (Arc::clone(&server), app.clone());
         tokio::spawn(async move {
             let lk = lk;
-            eventually(Duration::from_secs(5), "parse waiting on the lock", || {
-                let (s, a) = (Arc::clone(&server), app.clone());
-                async move {
-                    blocking(move || {
-                        s.sessions(&a)
-                            .unwrap()
-                            .iter()
-                            .any(|x| x.state == "active" && x.query.contains("INSERT INTO t"))
-                    })
-                    .await
-                }
-            })
-            .await;
+            // The INSERT's Parse waits on the lock.
+            wait_until_running(&server, &app, "INSERT INTO t").await;
             let (s, a) = (Arc::clone(&server), app.clone());
             let killed = blocking(move || s.terminate_backends(&a)).await.unwrap();
             // Release the lock: the retried INSERT can then run.
