@@ -534,10 +534,7 @@ impl PgConn {
         sql: &T,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Row, crate::Error> {
-        let mut rows = self
-            .query(sql, params)
-            .await
-            .map_err(|e| crate::Error::Query(e, 0))?;
+        let mut rows = self.query(sql, params).await.map_err(crate::Error::query)?;
         match rows.len() {
             1 => Ok(rows.pop().expect("one row")),
             got => Err(crate::Error::RowCount {
@@ -557,10 +554,7 @@ impl PgConn {
         sql: &T,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>, crate::Error> {
-        let mut rows = self
-            .query(sql, params)
-            .await
-            .map_err(|e| crate::Error::Query(e, 0))?;
+        let mut rows = self.query(sql, params).await.map_err(crate::Error::query)?;
         match rows.len() {
             0 => Ok(None),
             1 => Ok(rows.pop()),

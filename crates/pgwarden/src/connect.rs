@@ -19,7 +19,7 @@ use tokio_postgres::Statement;
 
 use crate::config::SslMode;
 use crate::conn::{CancelTarget, PgConn};
-use crate::error::ConnectError;
+use crate::pool::ConnectError;
 use crate::pool::{Connector, KillSwitch};
 use crate::statements::{CacheCounters, CacheStats, StatementCache};
 use crate::tls::{MakeRustls, TlsError};

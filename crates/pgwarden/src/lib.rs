@@ -45,6 +45,7 @@ pub mod manager;
 pub mod pool;
 pub mod retry;
 mod setup;
+mod sqlstate;
 pub mod statements;
 pub mod tls;
 
@@ -53,7 +54,7 @@ pub use config::{
 };
 pub use conn::{PgConn, PgTransaction, Sql};
 pub use connect::{ConnectOptions, PgConnector, ResetPolicy};
-pub use error::{ConnectError, Error};
+pub use error::{AcquireError, BuildError, ConnectError, Error, TimeoutPhase};
 pub use manager::{ManagerOptions, PoolManager, Snapshot, Tx};
 pub use pool::{Connector, KillSwitch, Pool, PoolCounters, PoolOptions, PooledConnection, Status};
 

@@ -33,6 +33,9 @@ pub struct ManagerOptions {
     /// After a query timeout: bound on the cancel request, then on the statement ending.
     /// Default: 2 s.
     pub cancel_grace: Duration,
+    /// The backoff before each retry (the last one repeats), each with ±20% jitter.
+    /// Default: 100 ms, 500 ms, 2 s.
+    pub retry_delays: Vec<Duration>,
 }
 
 impl Default for ManagerOptions {
@@ -43,6 +46,7 @@ impl Default for ManagerOptions {
             retry_attempts: 3,
             retry_budget: Duration::from_secs(5),
             cancel_grace: Duration::from_secs(2),
+            retry_delays: crate::config::RETRY_DELAYS.to_vec(),
         }
     }
 }
@@ -105,9 +109,9 @@ impl PoolManager {
     /// through its raw client it is reset (ROLLBACK) when it comes back.
     ///
     /// # Errors
-    /// As [`Pool::get`].
+    /// [`Error::Acquire`], as [`Pool::get`].
     pub async fn get(&self) -> Result<PooledConnection<PgConnector>, Error> {
-        self.inner.primary.get().await
+        Ok(self.inner.primary.get().await?)
     }
 
     /// The primary pool.

@@ -104,7 +104,7 @@ async fn parameterized_and_mixed_queries_and_status() {
     // A wrong statement: a clear, final error naming the server's reason and SQLSTATE.
     let err = m.query("SELEC 1", &[]).await.unwrap_err();
     assert_eq!(err.code(), Some("42601"));
-    assert!(!err.is_transient() && !err.outcome_unknown());
+    assert!(!err.is_retryable() && !err.outcome_unknown());
     assert!(err.to_string().contains("syntax error"), "{err}");
     let snap = m.metrics();
     assert_eq!(snap.queries.total, 27);
@@ -196,7 +196,7 @@ async fn transactions_commit_or_roll_back_as_a_whole() {
         })
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::RolledBack(_)), "{err}");
+    assert!(matches!(err, Error::RolledBack { .. }), "{err}");
     let rows = m
         .query("SELECT bal FROM acct ORDER BY id", &[])
         .await
@@ -788,7 +788,7 @@ async fn procedures_are_not_retried_and_statement_errors_are_not_lost_sessions()
     assert_eq!(m.metrics().queries.retries, before + 2);
 
     let err = m.query_one("SELECT f('08006')", &[]).await.unwrap_err();
-    assert!(matches!(err, Error::Query(..)), "{err:?}");
+    assert!(matches!(err, Error::Query { .. }), "{err:?}");
     assert!(!err.outcome_unknown());
     assert_invariants(&server, m.pool(), &app).await;
 }

@@ -3,7 +3,7 @@
 use std::sync::{Arc, OnceLock};
 
 use pgwarden::config::SslMode;
-use pgwarden::{Error, Pool, PoolOptions};
+use pgwarden::{AcquireError, Error, Pool, PoolOptions};
 use pgwarden_testdb::PgServer;
 
 use crate::common::*;
@@ -73,7 +73,10 @@ async fn verify_full_rejects_a_wrong_host_name_and_a_wrong_ca() {
     );
     let err = ssl_in_use(&pool).await.unwrap_err();
     let text = err.to_string();
-    assert!(matches!(err, Error::Connect(_)), "{text}");
+    assert!(
+        matches!(err, Error::Acquire(AcquireError::Connect(_))),
+        "{text}"
+    );
     assert!(text.to_lowercase().contains("certificate"), "{text}");
     assert!(text.contains("127.0.0.1"), "{text}");
 
@@ -90,7 +93,7 @@ async fn verify_full_rejects_a_wrong_host_name_and_a_wrong_ca() {
             text.to_lowercase().contains("certificate"),
             "{mode:?}: {text}"
         );
-        assert!(!err.is_transient(), "{text}");
+        assert!(!err.is_retryable(), "{text}");
     }
     std::fs::remove_dir_all(&dir).ok();
 }
