@@ -206,6 +206,79 @@ mod tests {
     }
 
     #[test]
+    fn classification_table() {
+        let server = |code, fatal| Failure {
+            code: Some(code),
+            fatal,
+            broken: false,
+        };
+        let broken = Failure {
+            code: None,
+            fatal: true,
+            broken: true,
+        };
+        use Verdict::{Fail, OutcomeUnknown as Unknown, Retry};
+        // (failure, idempotent, in transaction, commit) -> verdict
+        let table = [
+            (server("40001", false), false, false, false, Retry),
+            (server("40001", false), false, true, false, Fail),
+            (server("55P03", false), false, false, false, Retry),
+            (server("53300", true), false, true, true, Retry),
+            (server("57P01", true), false, false, false, Unknown),
+            (server("57P01", true), true, false, false, Retry),
+            (server("57P01", true), false, true, false, Fail),
+            (server("57P01", true), false, true, true, Unknown),
+            (server("08006", false), false, false, false, Fail),
+            (server("23505", false), true, false, false, Fail),
+            (broken, false, false, false, Unknown),
+            (broken, true, false, false, Retry),
+            (broken, false, true, true, Unknown),
+        ];
+        for (f, idem, tx, commit, want) in table {
+            assert_eq!(
+                classify_failure(&f, idem, tx, commit),
+                want,
+                "{f:?} {idem} {tx} {commit}"
+            );
+        }
+    }
+
+    #[test]
+    fn acquire_policy_no_retry_of_an_exhausted_pool_unless_another_pool_exists() {
+        use crate::pool::{ConnectError, Status};
+        let timed_out = |in_use, last: Option<ConnectError>| AcquireError::TimedOut {
+            pool: "primary".into(),
+            waited: Duration::from_millis(200),
+            status: Status {
+                max: 2,
+                size: 2,
+                in_use,
+                ..Status::default()
+            },
+            last_connect_error: last,
+        };
+        let refused = ConnectError::transient("db:5432", "connection refused");
+        let denied = ConnectError::permanent("db:5432", "password authentication failed");
+        let table = [
+            (timed_out(2, None), false, Verdict::Fail),
+            (timed_out(2, None), true, Verdict::Retry),
+            (timed_out(1, None), false, Verdict::Retry),
+            (timed_out(2, Some(refused.clone())), false, Verdict::Retry),
+            (AcquireError::Connect(refused), false, Verdict::Retry),
+            (AcquireError::Connect(denied), true, Verdict::Fail),
+            (AcquireError::Closed, true, Verdict::Fail),
+        ];
+        for (e, other_pool, want) in table {
+            assert_eq!(acquire_verdict(&e, other_pool), want, "{e}");
+        }
+        let text = timed_out(2, None).to_string();
+        assert!(
+            text.contains("DB_ACQUIRE_TIMEOUT") && text.contains("exhausted"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn zero_retries_means_one_attempt() {
         let mut c = RetryClock::new(&DELAYS, 0, Duration::from_secs(5));
         assert_eq!(c.next_delay(Instant::now()), None);

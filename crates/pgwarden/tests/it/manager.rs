@@ -772,6 +772,14 @@ async fn procedures_are_not_retried_and_statement_errors_are_not_lost_sessions()
     let err = m.execute("CALL p()", &[]).await.unwrap_err();
     assert_eq!(err.code(), Some("40001"), "{err}");
     assert_eq!(m.metrics().queries.retries, before, "CALL was retried");
+    // The manager's verdict travels with the error, and says why.
+    assert!(!err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("not retried: a CALL"), "{err}");
+    assert_eq!(
+        err.db_error().map(|db| db.message()),
+        Some("conflict"),
+        "{err}"
+    );
     let n: i64 = m
         .query_one("SELECT count(*) FROM pc", &[])
         .await
@@ -785,6 +793,11 @@ async fn procedures_are_not_retried_and_statement_errors_are_not_lost_sessions()
         matches!(err, Error::RetriesExhausted { attempts: 3, .. }),
         "{err}"
     );
+    // The last failure is the source; the summary does not repeat it.
+    let last = std::error::Error::source(&err).expect("the last failure");
+    assert!(last.to_string().contains("40001"), "{last}");
+    assert!(!err.to_string().contains("40001"), "{err}");
+    assert!(err.is_retryable(), "{err}");
     assert_eq!(m.metrics().queries.retries, before + 2);
 
     let err = m.query_one("SELECT f('08006')", &[]).await.unwrap_err();

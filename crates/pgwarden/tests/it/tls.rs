@@ -8,12 +8,12 @@ use pgwarden_testdb::PgServer;
 
 use crate::common::*;
 
-fn tls_server() -> Arc<PgServer> {
+pub(crate) fn tls_server() -> Arc<PgServer> {
     static S: OnceLock<Arc<PgServer>> = OnceLock::new();
     Arc::clone(S.get_or_init(|| Arc::new(PgServer::builder().ssl(true).start().unwrap())))
 }
 
-fn cfg(host: &str, port: u16) -> tokio_postgres::Config {
+pub(crate) fn cfg(host: &str, port: u16) -> tokio_postgres::Config {
     format!("host={host} port={port} user=postgres dbname=postgres")
         .parse()
         .unwrap()
