@@ -3,28 +3,19 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{CancelToken, Client, Row, Statement};
+use tokio_postgres::{Client, Row, Statement};
 
 use super::cleanliness::tracked;
 use super::{PgConn, Sql};
-use crate::tls::MakeRustls;
 
 impl PgConn {
-    /// The raw tokio-postgres client. Anything done through it is invisible to the pool, so the
-    /// connection is reset (ROLLBACK, and DISCARD ALL when so configured) when it comes back.
-    pub fn client(&self) -> &Client {
+    /// The raw tokio-postgres client, and the connection marked as used raw: anything done
+    /// through the client is invisible to the pool, so the connection is reset (ROLLBACK, and
+    /// DISCARD ALL when so configured) when it comes back. To cancel a statement, use
+    /// [`PgConn::cancel_confirmed`]: a plain cancel can hit the next statement.
+    pub fn client_marking_raw(&self) -> &Client {
         self.raw.store(true, Relaxed);
         &self.client
-    }
-
-    /// A token to cancel the statement running on this connection.
-    pub fn cancel_token(&self) -> CancelToken {
-        self.cancel.clone()
-    }
-
-    /// The TLS connector, for [`CancelToken::cancel_query`].
-    pub fn tls(&self) -> MakeRustls {
-        self.tls.clone()
     }
 
     /// Runs a statement and returns its rows (tokio-postgres's `query`).
@@ -116,7 +107,7 @@ impl PgConn {
     /// # Errors
     /// As [`PgConn::query`].
     pub async fn prepare(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
-        self.note(sql);
+        self.mark_if_transaction_control(sql);
         tracked!(self, self.client.prepare(sql))
     }
 

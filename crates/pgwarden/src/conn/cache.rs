@@ -42,7 +42,7 @@ impl PgConn {
         if let Some(s) = self.cache().get(sql) {
             return Ok(s);
         }
-        self.note(sql);
+        self.mark_if_transaction_control(sql);
         // Boxed: a miss is rare, and tokio-postgres's prepare future is large.
         let stmt = tracked!(self, Box::pin(self.client.prepare(sql)))?;
         let evicted = self.cache().insert(sql, stmt.clone());
@@ -65,7 +65,7 @@ impl PgConn {
         F: Fn(Statement) -> Fut,
         Fut: Future<Output = Result<R, tokio_postgres::Error>>,
     {
-        self.note(sql);
+        self.mark_if_transaction_control(sql);
         self.executing.store(false, Relaxed);
         // One await of `run` on the common path keeps this future (and every call's) small;
         // the rare paths are boxed.
@@ -78,7 +78,7 @@ impl PgConn {
             (None, Some(text)) => (self.prepare_cached(text).await?, Some(text)),
             (None, None) => unreachable!("Sql gives a text or a statement"),
         };
-        self.executing_now();
+        self.mark_execution_sent();
         match (tracked!(self, run(stmt)), cached) {
             (Err(e), Some(text)) if is_stale_statement(&e) => {
                 drop(self.cache().remove(text));
@@ -90,7 +90,7 @@ impl PgConn {
                 Box::pin(async {
                     self.executing.store(false, Relaxed);
                     let stmt = self.prepare_cached(text).await?;
-                    self.executing_now();
+                    self.mark_execution_sent();
                     tracked!(self, run(stmt))
                 })
                 .await

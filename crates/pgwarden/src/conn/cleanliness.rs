@@ -50,7 +50,7 @@ impl PgConn {
         self.executing.load(Relaxed)
     }
 
-    pub(super) fn executing_now(&self) {
+    pub(super) fn mark_execution_sent(&self) {
         // A client already closed cannot send: the statement never reaches the server.
         self.executing.store(!self.client.is_closed(), Relaxed);
     }
@@ -91,7 +91,7 @@ impl PgConn {
         self.in_flight.load(Relaxed) > 0 || self.in_tx.load(Relaxed) || self.raw.load(Relaxed)
     }
 
-    pub(super) fn note<T: Sql + ?Sized>(&self, sql: &T) {
+    pub(super) fn mark_if_transaction_control<T: Sql + ?Sized>(&self, sql: &T) {
         if sql.text().is_some_and(is_transaction_control) {
             self.raw.store(true, Relaxed);
         }

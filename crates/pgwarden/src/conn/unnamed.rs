@@ -60,9 +60,9 @@ impl PgConn {
             })?;
             typed.push((p, ty.clone()));
         }
-        self.note(sql);
+        self.mark_if_transaction_control(sql);
         // One batch: the execution is sent with the parse.
-        self.executing_now();
+        self.mark_execution_sent();
         Some((text, typed))
     }
 }
