@@ -46,17 +46,8 @@ impl PgConn {
         sql: &T,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Row, crate::Error> {
-        let mut rows = self
-            .query(sql, params)
-            .await
-            .map_err(|e| crate::Error::Query(e, 0))?;
-        match rows.len() {
-            1 => Ok(rows.pop().expect("one row")),
-            got => Err(crate::Error::RowCount {
-                expected: "exactly one",
-                got,
-            }),
-        }
+        let rows = self.query(sql, params).await.map_err(statement_error)?;
+        exactly_one(rows)
     }
 
     /// Runs a statement returning at most one row (read to its end, as [`PgConn::query_one`]).
@@ -69,18 +60,8 @@ impl PgConn {
         sql: &T,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>, crate::Error> {
-        let mut rows = self
-            .query(sql, params)
-            .await
-            .map_err(|e| crate::Error::Query(e, 0))?;
-        match rows.len() {
-            0 => Ok(None),
-            1 => Ok(rows.pop()),
-            got => Err(crate::Error::RowCount {
-                expected: "at most one",
-                got,
-            }),
-        }
+        let rows = self.query(sql, params).await.map_err(statement_error)?;
+        at_most_one(rows)
     }
 
     /// Runs a statement and returns the number of rows it affected.
@@ -119,5 +100,33 @@ impl PgConn {
     pub async fn batch_execute(&self, sql: &str) -> Result<(), tokio_postgres::Error> {
         self.raw.store(true, Relaxed);
         tracked!(self, self.client.batch_execute(sql))
+    }
+}
+
+/// A statement's failure as the library's error. (The one place this module builds one.)
+pub(super) fn statement_error(e: tokio_postgres::Error) -> crate::Error {
+    crate::Error::Query(e, 0)
+}
+
+/// The only row, or a [`crate::Error::RowCount`].
+pub(super) fn exactly_one(mut rows: Vec<Row>) -> Result<Row, crate::Error> {
+    match rows.len() {
+        1 => Ok(rows.pop().expect("one row")),
+        got => Err(crate::Error::RowCount {
+            expected: "exactly one",
+            got,
+        }),
+    }
+}
+
+/// No row or the only one, or a [`crate::Error::RowCount`].
+pub(super) fn at_most_one(mut rows: Vec<Row>) -> Result<Option<Row>, crate::Error> {
+    match rows.len() {
+        0 => Ok(None),
+        1 => Ok(rows.pop()),
+        got => Err(crate::Error::RowCount {
+            expected: "at most one",
+            got,
+        }),
     }
 }

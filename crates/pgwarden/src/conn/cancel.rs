@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::CancelToken;
 
 use super::PgConn;
 use crate::pool::KillSwitch;
@@ -73,18 +74,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for UntilEof<S> {
     }
 }
 
+/// After a timeout: the bound on a confirmed cancel, then on the cancelled statement ending.
+pub(super) const CANCEL_GRACE: Duration = Duration::from_secs(2);
+
+/// What a CancelRequest for one connection needs: its key, where to send it, and the TLS
+/// connector. Shared by the connection and its open transaction.
+pub(super) struct Canceller {
+    pub(super) token: CancelToken,
+    pub(super) target: CancelTarget,
+    pub(super) tls: MakeRustls,
+}
+
+impl Canceller {
+    /// See [`PgConn::cancel_confirmed`].
+    pub(super) async fn confirmed(&self) -> std::io::Result<()> {
+        let sent = match &self.target {
+            CancelTarget::Tcp { host, port } => {
+                let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+                let tls = <MakeRustls as MakeTlsConnect<UntilEof<tokio::net::TcpStream>>>::make_tls_connect(
+                    &mut self.tls.clone(),
+                    host,
+                )?;
+                self.token
+                    .cancel_query_raw(UntilEof::new(stream), tls)
+                    .await
+            }
+            CancelTarget::Unix { path } => {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                self.token
+                    .cancel_query_raw(UntilEof::new(stream), tokio_postgres::NoTls)
+                    .await
+            }
+        };
+        sent.map_err(std::io::Error::other)
+    }
+}
+
 impl PgConn {
     /// Cancels the running statement and closes the socket, even while someone holds the
     /// connection.
     pub(crate) fn kill_switch(&self) -> KillSwitch {
-        let cancel = self.cancel.clone();
+        let cancel = self.cancel.token.clone();
         let driver = self.driver.clone();
-        let tls = self.tls.clone();
+        let tls = self.cancel.tls.clone();
         KillSwitch::new(move || match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_secs(2), cancel.cancel_query(tls))
-                        .await;
+                    let _ = tokio::time::timeout(CANCEL_GRACE, cancel.cancel_query(tls)).await;
                     driver.abort();
                 });
             }
@@ -102,24 +138,6 @@ impl PgConn {
     /// # Errors
     /// When the cancel connection cannot be made or the request not sent.
     pub async fn cancel_confirmed(&self) -> std::io::Result<()> {
-        let sent = match &self.cancel_target {
-            CancelTarget::Tcp { host, port } => {
-                let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
-                let tls = <MakeRustls as MakeTlsConnect<UntilEof<tokio::net::TcpStream>>>::make_tls_connect(
-                    &mut self.tls.clone(),
-                    host,
-                )?;
-                self.cancel
-                    .cancel_query_raw(UntilEof::new(stream), tls)
-                    .await
-            }
-            CancelTarget::Unix { path } => {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                self.cancel
-                    .cancel_query_raw(UntilEof::new(stream), tokio_postgres::NoTls)
-                    .await
-            }
-        };
-        sent.map_err(std::io::Error::other)
+        self.cancel.confirmed().await
     }
 }

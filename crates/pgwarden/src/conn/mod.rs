@@ -17,14 +17,16 @@ mod unnamed;
 
 use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use tokio::task::AbortHandle;
-use tokio_postgres::{CancelToken, Client, Statement};
+use tokio_postgres::{Client, Statement};
 
 use crate::statements::StatementCache;
 use crate::tls::MakeRustls;
 
 pub(crate) use cancel::CancelTarget;
+use cancel::Canceller;
 pub(crate) use sniff::first_keyword;
 pub use sniff::Sql;
 pub use transaction::PgTransaction;
@@ -33,10 +35,10 @@ pub use transaction::PgTransaction;
 /// methods mirror tokio-postgres's and keep the connection's cleanliness tracked.
 pub struct PgConn {
     client: Client,
-    cancel: CancelToken,
-    cancel_target: CancelTarget,
-    tls: MakeRustls,
+    cancel: Canceller,
     driver: AbortHandle,
+    /// Bound on each statement of a [`PgTransaction`] and on its commit.
+    query_timeout: Duration,
     /// Lock rule: held only to look up or insert, never across an `.await`.
     cache: Mutex<StatementCache<Statement>>,
     /// Statements sent through the tracked methods and not yet answered.
@@ -66,13 +68,17 @@ impl PgConn {
         tls: MakeRustls,
         cancel_target: CancelTarget,
         cache: Mutex<StatementCache<Statement>>,
+        query_timeout: Duration,
     ) -> Self {
         Self {
-            cancel: client.cancel_token(),
-            cancel_target,
+            cancel: Canceller {
+                token: client.cancel_token(),
+                target: cancel_target,
+                tls,
+            },
             client,
-            tls,
             driver,
+            query_timeout,
             cache,
             in_flight: AtomicU32::new(0),
             in_tx: AtomicBool::new(false),
