@@ -51,6 +51,10 @@ pub struct ConnectOptions {
     pub reset_policy: ResetPolicy,
     /// Prepared statements cached per connection (LRU); 0 disables the cache. Default: 1000.
     pub statement_cache_size: usize,
+    /// Bound on each statement of a [`crate::PgTransaction`] (from [`PgConn::transaction`])
+    /// and on its commit; on expiry the statement is cancelled on the server. (The manager's
+    /// calls use [`crate::ManagerOptions::query_timeout`].) Default: 30 s.
+    pub query_timeout: Duration,
 }
 
 impl Default for ConnectOptions {
@@ -61,6 +65,7 @@ impl Default for ConnectOptions {
             keepalive_idle: Duration::from_secs(30),
             reset_policy: ResetPolicy::Rollback,
             statement_cache_size: 1000,
+            query_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -257,6 +262,7 @@ impl Connector for PgConnector {
                         self.tls.clone(),
                         h.cancel.clone(),
                         self.new_cache(),
+                        self.opts.query_timeout,
                     ));
                 }
                 Ok(Err(e)) => last = Some(ConnectError::from_pg(&h.label, &e)),

@@ -27,6 +27,7 @@ impl ConnectOptions {
             connect_timeout: config.pool.connect_timeout,
             application_name: Some(config.pool.application_name.clone()),
             statement_cache_size: config.query.statement_cache_size,
+            query_timeout: config.query.query_timeout,
             ..ConnectOptions::default()
         }
     }
