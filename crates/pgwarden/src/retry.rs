@@ -12,7 +12,7 @@ use crate::config::RetryConfig;
 
 /// What to do after a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Nothing committed (or the call may run twice): another attempt is safe.
     Retry,
     /// Final: retrying cannot help or is not safe, and the outcome is known (nothing committed,
@@ -47,7 +47,7 @@ fn session_lost(code: &str) -> bool {
 ///   transaction API reruns as a whole; a single statement of it is never retried alone);
 /// - `was_commit`: the statement was a COMMIT (a lost COMMIT is always "outcome unknown"
 ///   unless idempotent).
-pub fn classify(
+pub(crate) fn classify(
     err: &tokio_postgres::Error,
     idempotent: bool,
     in_transaction: bool,
@@ -103,7 +103,7 @@ fn is_io(err: &tokio_postgres::Error) -> bool {
 
 /// Tracks one call's retries against the schedule and the budget.
 #[derive(Debug, Clone)]
-pub struct RetryClock {
+pub(crate) struct RetryClock {
     max_retries: u32,
     budget: Duration,
     retries: u32,
@@ -113,7 +113,7 @@ pub struct RetryClock {
 
 impl RetryClock {
     /// `max_retries` retries after the first attempt, within `budget`.
-    pub fn new(max_retries: u32, budget: Duration) -> Self {
+    pub(crate) fn new(max_retries: u32, budget: Duration) -> Self {
         Self {
             max_retries,
             budget,
@@ -123,18 +123,18 @@ impl RetryClock {
     }
 
     /// Retries done so far.
-    pub fn retries(&self) -> u32 {
+    pub(crate) fn retries(&self) -> u32 {
         self.retries
     }
 
     /// The end of the budget, once the first attempt has failed.
-    pub fn budget_end(&self) -> Option<Instant> {
+    pub(crate) fn budget_end(&self) -> Option<Instant> {
         self.budget_end
     }
 
     /// After a failed attempt: the delay before the next one, or `None` when no retry is left
     /// or the next attempt would start after the budget is spent.
-    pub fn next_delay(&mut self, now: Instant) -> Option<Duration> {
+    pub(crate) fn next_delay(&mut self, now: Instant) -> Option<Duration> {
         let end = *self.budget_end.get_or_insert(now + self.budget);
         if self.retries >= self.max_retries {
             return None;

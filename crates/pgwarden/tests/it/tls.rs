@@ -115,10 +115,10 @@ async fn require_never_falls_back_to_plaintext() {
 #[test]
 fn verify_modes_without_a_root_certificate_are_refused_up_front() {
     for mode in [SslMode::VerifyCa, SslMode::VerifyFull] {
-        let err = pgwarden::tls::MakeRustls::new(mode, None).unwrap_err();
+        let err = pgwarden::MakeRustls::new(mode, None).unwrap_err();
         assert!(err.to_string().contains("root certificate"), "{err}");
     }
-    let err = pgwarden::tls::MakeRustls::new(
+    let err = pgwarden::MakeRustls::new(
         SslMode::VerifyFull,
         Some(std::path::Path::new("/nonexistent/ca.pem")),
     )
