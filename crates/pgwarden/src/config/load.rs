@@ -344,6 +344,7 @@ pub(crate) fn load(
     cfg.warnings = warnings;
 
     let failed: Vec<String> = l.problems.iter().map(|p| p.variable.clone()).collect();
+    cfg.clamp_defaults(&failed);
     let mut problems = l.problems;
     // A variable that failed to parse kept its default; do not report that default again.
     problems.extend(

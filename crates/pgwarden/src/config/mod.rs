@@ -29,6 +29,7 @@
 //!   almost always a mistake — unset it to get the default). `APP_ENV`, which belongs to the host
 //!   application, is the exception: empty counts as unset.
 
+mod clamp;
 mod effective;
 mod error;
 mod load;
@@ -179,5 +180,7 @@ impl Config {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_clamp;
 #[cfg(test)]
 mod tests_problems;

@@ -138,7 +138,7 @@ impl Config {
         if self.failover.enabled && self.failover.pool_max == 0 {
             push(
                 "DB_FAILOVER_POOL_MAX",
-                "DB_FAILOVER_POOL_MAX is 0 while failover is enabled: the failover pool could never open a connection".into(),
+                "DB_FAILOVER_POOL_MAX is 0 while failover is enabled (DB_ENABLE_FAILOVER=true): the failover pool could never open a connection".into(),
                 format!(
                     "set DB_FAILOVER_POOL_MAX to 1 or more (the {p} default is {}), or DB_ENABLE_FAILOVER=false",
                     self.render_default("DB_FAILOVER_POOL_MAX")
