@@ -81,6 +81,14 @@ impl PoolManager {
     /// the server cannot be reached or refuses the credentials.
     pub async fn from_config(config: &Config) -> Result<Self, Error> {
         config.validate().map_err(Error::Config)?;
+        let idle = config.set_but_not_yet_effective();
+        if !idle.is_empty() {
+            // Once per manager: the user expects these to do something, and they do not yet.
+            tracing::warn!(
+                "settings with no effect yet (the failover pool and health checks are not built): {}",
+                idle.join(", ")
+            );
+        }
         let Some(target) = config.database_url.as_ref() else {
             return Err(Error::Config(ConfigError {
                 problems: vec![Problem {

@@ -75,7 +75,7 @@ impl Config {
             .collect()
     }
 
-    fn source_of(&self, variable: &'static str) -> Source {
+    pub(crate) fn source_of(&self, variable: &str) -> Source {
         let now = self.render(variable);
         match self.sources.get(variable) {
             Some((source, then)) if *then == now => return *source,

@@ -188,3 +188,27 @@ fn the_pool_manager_and_connector_defaults_are_the_development_profile() {
     assert_eq!(d.application_name, c.application_name);
     assert_eq!(d.statement_cache_size, c.statement_cache_size);
 }
+
+#[test]
+fn settings_without_effect_are_listed_only_when_the_user_set_them() {
+    // Production's defaults enable failover: nothing set, nothing listed.
+    let c = load(&[("DB_PROFILE", "production")]);
+    assert!(c.set_but_not_yet_effective().is_empty());
+    let c = load(&[
+        ("DB_ENABLE_FAILOVER", "true"),
+        ("DB_FAILOVER_URL", "postgres://u@h2/db"),
+        ("DB_FAILOVER_POOL_MAX", "4"),
+        ("DB_FAILOVER_THRESHOLD", "70"),
+        ("DB_HEALTH_CHECK_INTERVAL", "10s"),
+        ("DB_POOL_MAX", "8"),
+    ]);
+    assert_eq!(c.set_but_not_yet_effective(), NOT_YET_EFFECTIVE.to_vec());
+    // Set to its default by the user still counts; a change made in code counts too.
+    let mut c = load(&[("DB_HEALTH_CHECK_INTERVAL", "60s")]);
+    assert_eq!(c.set_but_not_yet_effective(), ["DB_HEALTH_CHECK_INTERVAL"]);
+    c.failover.threshold_pct = 90;
+    assert_eq!(
+        c.set_but_not_yet_effective(),
+        ["DB_FAILOVER_THRESHOLD", "DB_HEALTH_CHECK_INTERVAL"]
+    );
+}
