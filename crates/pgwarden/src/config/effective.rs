@@ -61,9 +61,9 @@ impl fmt::Display for Setting {
 }
 
 impl Config {
-    /// Every variable of [`VARIABLES`] with its redacted value and source. A value changed in
-    /// code after loading shows as [`Source::Override`] (or as the profile default when it
-    /// equals it).
+    /// Every variable pgwarden reads, in DESIGN.md's order, with its redacted value and
+    /// source. A value changed in code after loading shows as [`Source::Override`] (or as the
+    /// profile default when it equals it).
     pub fn effective(&self) -> Vec<Setting> {
         VARIABLES
             .iter()

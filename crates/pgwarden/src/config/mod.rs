@@ -45,7 +45,6 @@ use std::path::Path;
 
 pub use effective::{Setting, Source};
 pub use error::{ConfigError, Problem};
-pub use load::{is_known_variable, VARIABLES};
 pub use profile::*;
 pub use target::{DbTarget, TargetError};
 pub use tls::{Secret, SslMode};
