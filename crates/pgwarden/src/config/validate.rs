@@ -14,6 +14,11 @@ impl Config {
     /// enabled failover pool of size 0, `sslmode=verify-*` without a root certificate, an
     /// `application_name` longer than PostgreSQL keeps.
     ///
+    /// Loading ([`Config::from_vars`], [`Config::from_env`]) first clamps a profile default
+    /// that contradicts a value the user set (`DB_POOL_MAX=4` alone lowers the default
+    /// `DB_POOL_MIN` to 4, shown as [`Source::Clamped`](super::Source::Clamped)); what is
+    /// left for these checks are values set on both sides of a rule, and changes made in code.
+    ///
     /// # Errors
     /// A [`ConfigError`] listing every problem, each with its variable, value and fix.
     pub fn validate(&self) -> Result<(), ConfigError> {
