@@ -58,14 +58,19 @@ pub struct ConnectOptions {
 }
 
 impl Default for ConnectOptions {
+    /// The development profile's connect timeout, application name and cache size.
     fn default() -> Self {
+        // One source of defaults: the configuration's development profile.
+        let p = crate::config::Profile::Development;
+        let pool = crate::config::PoolConfig::for_profile(p);
+        let query = crate::config::QueryConfig::for_profile(p);
         Self {
-            connect_timeout: Duration::from_secs(5),
-            application_name: Some("pgwarden".to_owned()),
+            connect_timeout: pool.connect_timeout,
+            application_name: Some(pool.application_name),
             keepalive_idle: Duration::from_secs(30),
             reset_policy: ResetPolicy::Rollback,
-            statement_cache_size: 1000,
-            query_timeout: Duration::from_secs(30),
+            statement_cache_size: query.statement_cache_size,
+            query_timeout: query.query_timeout,
         }
     }
 }

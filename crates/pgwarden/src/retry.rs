@@ -13,7 +13,7 @@ use crate::sqlstate::Failure;
 
 /// What to do after a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Nothing committed (or the call may run twice): another attempt is safe.
     Retry,
     /// Final: retrying cannot help or is not safe, and the outcome is known (nothing committed,
@@ -67,7 +67,7 @@ fn classify_failure(
 /// - a timeout while connects were failing or slow (a server restarting, a network blip) is
 ///   retried: the next attempt may find the server back;
 /// - a permanent connect failure and a closed pool are final.
-pub fn acquire_verdict(e: &AcquireError, other_pool: bool) -> Verdict {
+pub(crate) fn acquire_verdict(e: &AcquireError, other_pool: bool) -> Verdict {
     match e {
         AcquireError::TimedOut { .. } if e.pool_exhausted() => {
             if other_pool {
@@ -97,7 +97,7 @@ fn lost(idempotent: bool, in_transaction: bool, was_commit: bool) -> Verdict {
 
 /// Tracks one call's retries against the schedule and the budget.
 #[derive(Debug, Clone)]
-pub struct RetryClock<'a> {
+pub(crate) struct RetryClock<'a> {
     delays: &'a [Duration],
     max_retries: u32,
     budget: Duration,
@@ -109,7 +109,7 @@ pub struct RetryClock<'a> {
 impl<'a> RetryClock<'a> {
     /// `max_retries` retries after the first attempt, within `budget`, waiting `delays[i]`
     /// before retry `i + 1` (the last delay repeats; none means no wait).
-    pub fn new(delays: &'a [Duration], max_retries: u32, budget: Duration) -> Self {
+    pub(crate) fn new(delays: &'a [Duration], max_retries: u32, budget: Duration) -> Self {
         Self {
             delays,
             max_retries,
@@ -120,18 +120,18 @@ impl<'a> RetryClock<'a> {
     }
 
     /// Retries done so far.
-    pub fn retries(&self) -> u32 {
+    pub(crate) fn retries(&self) -> u32 {
         self.retries
     }
 
     /// The end of the budget, once the first attempt has failed.
-    pub fn budget_end(&self) -> Option<Instant> {
+    pub(crate) fn budget_end(&self) -> Option<Instant> {
         self.budget_end
     }
 
     /// After a failed attempt: the delay before the next one, or `None` when no retry is left
     /// or the next attempt would start after the budget is spent.
-    pub fn next_delay(&mut self, now: Instant) -> Option<Duration> {
+    pub(crate) fn next_delay(&mut self, now: Instant) -> Option<Duration> {
         let end = *self.budget_end.get_or_insert(now + self.budget);
         if self.retries >= self.max_retries {
             return None;

@@ -84,6 +84,14 @@ impl PoolManager {
     /// reached or refuses the credentials.
     pub async fn from_config(config: &Config) -> Result<Self, BuildError> {
         config.validate().map_err(BuildError::Config)?;
+        let idle = config.set_but_not_yet_effective();
+        if !idle.is_empty() {
+            // Once per manager: the user expects these to do something, and they do not yet.
+            tracing::warn!(
+                "settings with no effect yet (the failover pool and health checks are not built): {}",
+                idle.join(", ")
+            );
+        }
         let Some(target) = config.database_url.as_ref() else {
             return Err(BuildError::Config(ConfigError {
                 problems: vec![Problem {

@@ -39,12 +39,17 @@ pub struct ManagerOptions {
 }
 
 impl Default for ManagerOptions {
+    /// The development profile's query and retry settings.
     fn default() -> Self {
+        // One source of defaults: the configuration's development profile.
+        let p = crate::config::Profile::Development;
+        let query = crate::config::QueryConfig::for_profile(p);
+        let retry = crate::config::RetryConfig::for_profile(p);
         Self {
-            query_timeout: Duration::from_secs(30),
-            slow_query_threshold: Duration::from_millis(100),
-            retry_attempts: 3,
-            retry_budget: Duration::from_secs(5),
+            query_timeout: query.query_timeout,
+            slow_query_threshold: query.slow_query_threshold,
+            retry_attempts: retry.attempts,
+            retry_budget: retry.budget,
             cancel_grace: Duration::from_secs(2),
             retry_delays: crate::config::RETRY_DELAYS.to_vec(),
         }

@@ -139,15 +139,18 @@ pub struct PoolOptions {
 }
 
 impl Default for PoolOptions {
+    /// The development profile's pool settings ([`crate::config::PoolConfig::for_profile`]).
     fn default() -> Self {
+        // One source of defaults: the configuration's development profile.
+        let c = crate::config::PoolConfig::for_profile(crate::config::Profile::Development);
         Self {
             name: "primary".to_owned(),
-            max_size: 30,
-            min_idle: 5,
-            connect_timeout: Duration::from_secs(5),
-            acquire_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(60),
-            max_lifetime: Duration::from_secs(30 * 60),
+            max_size: c.max_size,
+            min_idle: c.min_idle,
+            connect_timeout: c.connect_timeout,
+            acquire_timeout: c.acquire_timeout,
+            idle_timeout: c.idle_timeout,
+            max_lifetime: c.max_lifetime,
             validation_window: Duration::from_secs(1),
             validation_timeout: Duration::from_secs(2),
             reset_timeout: Duration::from_secs(2),

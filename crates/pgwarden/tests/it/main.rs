@@ -5,6 +5,7 @@
 //! their own.
 
 mod common;
+mod config;
 mod conn_transaction;
 mod errors;
 mod manager;

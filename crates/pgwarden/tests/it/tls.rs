@@ -117,11 +117,15 @@ async fn require_never_falls_back_to_plaintext() {
 
 #[test]
 fn verify_modes_without_a_root_certificate_are_refused_up_front() {
+    let pg: tokio_postgres::Config = "host=localhost".parse().unwrap();
+    let connector = |mode, root: Option<&std::path::Path>| {
+        pgwarden::PgConnector::new(&pg, mode, root, pgwarden::ConnectOptions::default())
+    };
     for mode in [SslMode::VerifyCa, SslMode::VerifyFull] {
-        let err = pgwarden::tls::MakeRustls::new(mode, None).unwrap_err();
+        let err = connector(mode, None).unwrap_err();
         assert!(err.to_string().contains("root certificate"), "{err}");
     }
-    let err = pgwarden::tls::MakeRustls::new(
+    let err = connector(
         SslMode::VerifyFull,
         Some(std::path::Path::new("/nonexistent/ca.pem")),
     )
