@@ -73,11 +73,7 @@ pub(crate) async fn run(mut config: Config, args: CheckArgs, ui: &Ui) -> Result<
     Ok(code)
 }
 
-async fn check(
-    config: &Config,
-    say: &impl Fn(&str),
-    ui: &Ui,
-) -> (Level, Value, Option<Failure>) {
+async fn check(config: &Config, say: &impl Fn(&str), ui: &Ui) -> (Level, Value, Option<Failure>) {
     let mut level = Level::Ok;
     let mut problems: Vec<String> = Vec::new();
     let mut targets = Vec::new();
@@ -86,7 +82,7 @@ async fn check(
     say(&format!("target      primary  {}", primary.redacted()));
     let (info, queries) = match probe(&primary, config, 100).await {
         Ok(p) => p,
-        Err((kind, message)) if kind == Kind::Config => {
+        Err((Kind::Config, message)) => {
             return (
                 Level::Critical,
                 Value::Null,
@@ -106,7 +102,7 @@ async fn check(
                 "verdict": "critical",
                 "problems": problems,
             });
-            say(&format!("verdict     {}", ui.grade("critical")));
+            say(&format!("verdict     {}", ui.verdict("critical")));
             return (Level::Critical, doc, None);
         }
     };
@@ -131,7 +127,9 @@ async fn check(
     ));
     if ok < 100 {
         level = level.max(Level::Critical);
-        problems.push(format!("only {ok} of 100 queries through the pool succeeded"));
+        problems.push(format!(
+            "only {ok} of 100 queries through the pool succeeded"
+        ));
     }
 
     let failover = if !config.failover.enabled {
@@ -146,7 +144,8 @@ async fn check(
         match probe(&target, config, 0).await {
             Ok((p, _)) => {
                 print_probe(&p, say);
-                if let Some(w) = capacity(&p, config.failover.pool_max, "DB_FAILOVER_POOL_MAX", say) {
+                if let Some(w) = capacity(&p, config.failover.pool_max, "DB_FAILOVER_POOL_MAX", say)
+                {
                     level = level.max(Level::Warning);
                     problems.push(w);
                 }
@@ -178,7 +177,7 @@ async fn check(
     for p in &problems {
         say(&format!("problem     {p}"));
     }
-    say(&format!("verdict     {}", ui.grade(verdict_grade(verdict))));
+    say(&format!("verdict     {}", ui.verdict(verdict)));
     let doc = json!({
         "profile": config.profile.to_string(),
         "targets": targets,
@@ -188,14 +187,6 @@ async fn check(
         "problems": problems,
     });
     (level, doc, None)
-}
-
-/// The grade colour of a verdict ("ok" prints green).
-fn verdict_grade(v: &str) -> &str {
-    match v {
-        "ok" => "good",
-        other => other,
-    }
 }
 
 fn role(p: &Probe) -> &'static str {
@@ -262,8 +253,8 @@ async fn probe(
     config: &Config,
     queries: u32,
 ) -> Result<(Probe, (u32, Duration)), (Kind, String)> {
-    let connector = PgConnector::for_target(target, config)
-        .map_err(|e| (Kind::Config, e.to_string()))?;
+    let connector =
+        PgConnector::for_target(target, config).map_err(|e| (Kind::Config, e.to_string()))?;
     let mut opts = PoolOptions::from_config(&config.pool, "check");
     opts.min_idle = 0;
     let pool = Pool::new(connector, opts);
@@ -288,7 +279,13 @@ async fn probe(
     let probe = Probe {
         connect_ms,
         version_full: row.get(0),
-        version: row.get(1),
+        // "15.18 (Debian 15.18-0+deb12u1)": the number; the full text is on the next line.
+        version: row
+            .get::<_, String>(1)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
         max_connections: row.get(2),
         reserved: row.get(3),
         tls: row.get(4),

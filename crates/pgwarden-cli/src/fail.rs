@@ -8,8 +8,7 @@ use pgwarden_testdb::HarnessError;
 pub(crate) const OK: u8 = 0;
 /// The run failed (an unreachable server, statements that all failed …).
 pub(crate) const RUNTIME: u8 = 1;
-/// A bad flag or argument (clap exits with it itself).
-#[allow(dead_code)]
+/// A bad flag or argument (clap exits with it itself for what it parses).
 pub(crate) const USAGE: u8 = 2;
 /// The configuration is wrong: a variable, a URL, the credentials, missing server binaries.
 pub(crate) const CONFIG: u8 = 3;

@@ -19,7 +19,8 @@ mod ui;
 
 use fail::Failure;
 
-const EXIT_CODES: &str = "Exit codes: 0 done, 1 runtime failure, 2 usage error, 3 configuration error \
+const EXIT_CODES: &str =
+    "Exit codes: 0 done, 1 runtime failure, 2 usage error, 3 configuration error \
 (a bad variable or URL, wrong credentials, no PostgreSQL binaries for the throwaway server); \
 `check` also 4 for a warning and 5 for critical, unreachable or refused.";
 
@@ -67,15 +68,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let summary = logs::init(cli.verbose);
     let ui = ui::Ui::new(std::io::stdout().is_terminal(), cli.verbose > 0);
-    let result = run(cli, &ui);
-    summary.print_if_any();
-    match result {
-        Ok(code) => ExitCode::from(code),
+    let code = match run(cli, &ui) {
+        Ok(code) => code,
         Err(failure) => {
             failure.print();
-            ExitCode::from(failure.code)
+            failure.code
         }
-    }
+    };
+    summary.print_if_any();
+    ExitCode::from(code)
 }
 
 fn run(cli: Cli, ui: &ui::Ui) -> Result<u8, Failure> {

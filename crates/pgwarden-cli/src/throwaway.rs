@@ -32,9 +32,7 @@ pub(crate) async fn start(config: &mut Config, say: impl Fn(&str)) -> Result<PgS
     ));
     let started = Instant::now();
     let server = tokio::task::spawn_blocking(move || {
-        PgServer::builder()
-            .max_connections(max_connections)
-            .start()
+        PgServer::builder().max_connections(max_connections).start()
     })
     .await
     .map_err(|e| Failure::runtime(format!("starting the throwaway server: {e}"), None))?

@@ -25,6 +25,16 @@ impl Ui {
         self.paint(grade, colour)
     }
 
+    /// A `check` verdict (ok, warning, critical), coloured as the grades.
+    pub(crate) fn verdict(&self, verdict: &str) -> String {
+        let colour = match verdict {
+            "ok" => "32",
+            "warning" => "33",
+            _ => "31",
+        };
+        self.paint(verdict, colour)
+    }
+
     pub(crate) fn bold(&self, text: &str) -> String {
         self.paint(text, "1")
     }

@@ -267,7 +267,8 @@ impl<'a> View<'a> {
             }
             None if at - self.last_print >= WATCH_EVERY => {
                 self.last_print = at;
-                self.say.line(&format!("[{:>5.1} s] {line}", at.as_secs_f64()));
+                self.say
+                    .line(&format!("[{:>5.1} s] {line}", at.as_secs_f64()));
                 for l in db.status().lines() {
                     self.say.line(&format!("          {l}"));
                 }

@@ -76,7 +76,11 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => v,
         "m" | "min" => v * 60.0,
         "h" => v * 3600.0,
-        other => return Err(format!("unknown unit `{other}` in `{s}`: use ms, s, m or h")),
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{s}`: use ms, s, m or h"
+            ))
+        }
     };
     if !(secs > 0.0 && secs < 1e7) {
         return Err(format!("`{s}` is not a positive duration"));
@@ -137,9 +141,8 @@ pub(crate) async fn run(mut config: Config, args: BenchArgs, ui: &Ui) -> Result<
     if let Some(doc) = doc {
         let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
         match json_file {
-            Some(mut f) => writeln!(f, "{text}").map_err(|e| {
-                Failure::runtime(format!("writing the JSON report: {e}"), None)
-            })?,
+            Some(mut f) => writeln!(f, "{text}")
+                .map_err(|e| Failure::runtime(format!("writing the JSON report: {e}"), None))?,
             None => println!("{text}"),
         }
     }
@@ -192,7 +195,8 @@ async fn bench(
             job.name(),
             plan.concurrency,
             match (plan.duration, plan.count) {
-                (Some(d), Some(n)) => format!("for {:.1} s or {} calls", d.as_secs_f64(), ui::thousands(n)),
+                (Some(d), Some(n)) =>
+                    format!("for {:.1} s or {} calls", d.as_secs_f64(), ui::thousands(n)),
                 (Some(d), None) => format!("for {:.1} s", d.as_secs_f64()),
                 (None, n) => format!("for {} calls", ui::thousands(n.unwrap_or(0))),
             }
@@ -212,7 +216,11 @@ async fn bench(
             "every call failed ({} of {}{}): {}",
             ui::thousands(outcome.failed),
             ui::thousands(outcome.calls()),
-            if outcome.gave_up { ", so the run stopped early" } else { "" },
+            if outcome.gave_up {
+                ", so the run stopped early"
+            } else {
+                ""
+            },
             outcome.first_error.as_deref().unwrap_or("no error text")
         );
         let todo = if args.sql.is_some() {
@@ -256,7 +264,9 @@ async fn seed(db: &PoolManager, t: &Tables, say: &Say) -> Result<(), Failure> {
     let cannot = |e: String| {
         Failure::runtime(
             format!("cannot create the benchmark's tables: {e}"),
-            Some("Grant the role CREATE on the schema, or use the select1 workload or --sql.".into()),
+            Some(
+                "Grant the role CREATE on the schema, or use the select1 workload or --sql.".into(),
+            ),
         )
     };
     let conn = db.get().await.map_err(|e| cannot(e.to_string()))?;
@@ -305,6 +315,8 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("0").is_err());
         assert!(parse_duration("ten").unwrap_err().contains("500ms"));
-        assert!(parse_duration("5 days").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("5 days")
+            .unwrap_err()
+            .contains("unknown unit"));
     }
 }

@@ -11,8 +11,8 @@ use crate::ui::{self, Ui};
 
 /// Bucket bounds of the terminal histogram, in microseconds (1-2-5 steps).
 const BOUNDS_US: [u64; 20] = [
-    20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000,
-    500_000, 1_000_000, 2_000_000, 5_000_000, 10_000_000, 30_000_000, 60_000_000,
+    20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000,
+    1_000_000, 2_000_000, 5_000_000, 10_000_000, 30_000_000, 60_000_000,
 ];
 /// Width of the longest histogram bar, in characters.
 const BAR_WIDTH: usize = 32;
@@ -107,7 +107,8 @@ pub(crate) fn text(h: &Header<'_>, o: &Outcome, snapshot: &Value, ui: &Ui) -> St
         format!(
             "{} ({}/min)",
             count(snapshot, "/queries/slow"),
-            num(snapshot, "/queries/slow_per_min").map_or_else(|| "–".into(), |v| format!("{v:.1}"))
+            num(snapshot, "/queries/slow_per_min")
+                .map_or_else(|| "–".into(), |v| format!("{v:.1}"))
         ),
     );
     line(
@@ -229,7 +230,11 @@ pub(crate) fn histogram_text(h: &Histogram<u64>) -> String {
         .replace("s ms", "s"),
     };
     let rows: Vec<(String, u64)> = (first..=last).map(|i| (label(i), counts[i])).collect();
-    let w = rows.iter().map(|(l, _)| l.chars().count()).max().unwrap_or(0);
+    let w = rows
+        .iter()
+        .map(|(l, _)| l.chars().count())
+        .max()
+        .unwrap_or(0);
     let cw = ui::thousands(peak).len();
     let mut out = String::from("\n  latency per call\n");
     for (label, c) in rows {
@@ -290,14 +295,24 @@ mod tests {
         }
         let text = histogram_text(&h);
         let rows: Vec<&str> = text.lines().skip(2).collect();
-        assert!(rows[0].contains("0.2–0.5 ms") && rows[0].contains("90.0%"), "{text}");
+        assert!(
+            rows[0].contains("0.2–0.5 ms") && rows[0].contains("90.0%"),
+            "{text}"
+        );
         assert!(rows.last().unwrap().contains("100–200 ms"), "{text}");
         assert!(rows.last().unwrap().contains("10.0%"), "{text}");
         // Empty buckets between are kept, so the shape reads right.
         assert_eq!(rows.len(), 9, "{text}");
         let total: u64 = rows
             .iter()
-            .map(|r| r.split_whitespace().last().unwrap().replace(',', "").parse::<u64>().unwrap())
+            .map(|r| {
+                r.split_whitespace()
+                    .last()
+                    .unwrap()
+                    .replace(',', "")
+                    .parse::<u64>()
+                    .unwrap()
+            })
             .sum();
         assert_eq!(total, 100);
     }

@@ -101,10 +101,7 @@ impl Job {
                     "UPDATE {} SET balance = balance + $1 WHERE id = $2",
                     t.accounts
                 ),
-                format!(
-                    "INSERT INTO {} (account, delta) VALUES ($1, $2)",
-                    t.history
-                ),
+                format!("INSERT INTO {} (account, delta) VALUES ($1, $2)", t.history),
             ),
             None => Default::default(),
         };
@@ -129,7 +126,12 @@ impl Job {
     }
 
     /// Call number `n` of a task. Reads are marked idempotent (safe to retry); writes are not.
-    pub(crate) async fn call(&self, db: &PoolManager, rng: &mut StdRng, n: u64) -> Result<(), Error> {
+    pub(crate) async fn call(
+        &self,
+        db: &PoolManager,
+        rng: &mut StdRng,
+        n: u64,
+    ) -> Result<(), Error> {
         match self {
             Job::Sql { sql, idempotent } => {
                 let call = db.execute(sql, &[]);
