@@ -101,7 +101,7 @@ pub(crate) async fn run(
     let started = Instant::now();
     let deadline = plan.duration.map(|d| started + d);
     let mut view = View::new(plan, ui, say);
-    let mut tick = tokio::time::interval(TICK);
+    let mut tick = tokio::time::interval_at(started + TICK, TICK);
     let mut was_interrupted = *interrupted.borrow();
     let mut gave_up = false;
     while !was_interrupted && !tasks.is_empty() {

@@ -46,7 +46,12 @@ fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
 
 pub(crate) fn text(h: &Header<'_>, o: &Outcome, snapshot: &Value, ui: &Ui) -> String {
     let mut out = String::new();
-    let mut line = |label: &str, value: String| out.push_str(&format!("  {label:<14}{value}\n"));
+    // A row whose figures this build's snapshot lacks is left out.
+    let mut line = |label: &str, value: Option<String>| {
+        if let Some(value) = value {
+            out.push_str(&format!("  {label:<14}{value}\n"));
+        }
+    };
     let calls = o.calls();
     let success = if calls == 0 {
         100.0
@@ -55,23 +60,24 @@ pub(crate) fn text(h: &Header<'_>, o: &Outcome, snapshot: &Value, ui: &Ui) -> St
     };
     line(
         "calls",
-        format!(
+        Some(format!(
             "{} ({} ok, {} failed: {success:.2}% success)",
             ui::thousands(calls),
             ui::thousands(o.ok),
             ui::thousands(o.failed)
-        ),
+        )),
     );
     line(
         "throughput",
-        format!("{} calls/s", ui::thousands(throughput(o).round() as u64)),
+        Some(format!(
+            "{} calls/s",
+            ui::thousands(throughput(o).round() as u64)
+        )),
     );
     let l = &o.latency_us;
     line(
         "latency",
-        if l.is_empty() {
-            "–".into()
-        } else {
+        (!l.is_empty()).then(|| {
             format!(
                 "avg {} · p50 {} · p95 {} · p99 {} · p99.9 {} · max {}",
                 ui::ms(l.mean() / 1e3),
@@ -81,58 +87,57 @@ pub(crate) fn text(h: &Header<'_>, o: &Outcome, snapshot: &Value, ui: &Ui) -> St
                 ui::ms(quantile_ms(l, 0.999)),
                 ui::ms(l.max() as f64 / 1e3)
             )
-        },
+        }),
     );
     line(
         "acquire wait",
-        match at(snapshot, "/acquire_wait_ms") {
-            Some(w) => ["avg", "p50", "p95", "p99", "max"]
+        at(snapshot, "/acquire_wait_ms").map(|w| {
+            ["avg", "p50", "p95", "p99", "max"]
                 .iter()
                 .filter_map(|k| Some(format!("{k} {}", ui::ms(w.get(*k)?.as_f64()?))))
                 .collect::<Vec<_>>()
-                .join(" · "),
-            None => "–".into(),
-        },
+                .join(" · ")
+        }),
     );
     line(
         "retries",
-        format!(
+        Some(format!(
             "{} · outcome unknown {}",
             count(snapshot, "/queries/retries"),
             count(snapshot, "/queries/outcome_unknown")
-        ),
+        )),
     );
     line(
         "slow queries",
-        format!(
+        Some(format!(
             "{} ({}/min)",
             count(snapshot, "/queries/slow"),
             num(snapshot, "/queries/slow_per_min")
                 .map_or_else(|| "–".into(), |v| format!("{v:.1}"))
-        ),
+        )),
     );
     line(
         "connections",
-        format!(
+        Some(format!(
             "{} opened · reuse {}",
             count(snapshot, "/connections/opened"),
             num(snapshot, "/connections/reuse_rate_pct")
                 .map_or_else(|| "–".into(), |v| format!("{v:.2}%"))
-        ),
+        )),
     );
     line(
         "statements",
-        format!(
+        Some(format!(
             "cache {} hits · {} misses · {} evictions",
             count(snapshot, "/statement_cache/hits"),
             count(snapshot, "/statement_cache/misses"),
             count(snapshot, "/statement_cache/evictions")
-        ),
+        )),
     );
     line(
         "failover",
-        match at(snapshot, "/failover") {
-            Some(f) => format!(
+        at(snapshot, "/failover").map(|f| {
+            format!(
                 "{} · {} activation(s) · active {}",
                 if f.get("active").and_then(Value::as_bool) == Some(true) {
                     "ACTIVE"
@@ -141,14 +146,14 @@ pub(crate) fn text(h: &Header<'_>, o: &Outcome, snapshot: &Value, ui: &Ui) -> St
                 },
                 f.get("activations").and_then(Value::as_u64).unwrap_or(0),
                 ui::ms(f.get("active_ms").and_then(Value::as_f64).unwrap_or(0.0))
-            ),
-            None => "–".into(),
-        },
+            )
+        }),
     );
     line(
         "health",
-        match at(snapshot, "/health/grade").and_then(Value::as_str) {
-            Some(g) => {
+        at(snapshot, "/health/grade")
+            .and_then(Value::as_str)
+            .map(|g| {
                 let by = at(snapshot, "/health/driven_by")
                     .map(|d| match d {
                         Value::String(s) => s.clone(),
@@ -158,23 +163,21 @@ pub(crate) fn text(h: &Header<'_>, o: &Outcome, snapshot: &Value, ui: &Ui) -> St
                     .map(|d| format!(" (driven by {d})"))
                     .unwrap_or_default();
                 format!("{}{by}", ui.grade(g))
-            }
-            None => "–".into(),
-        },
+            }),
     );
     if let Some(Value::Object(pools)) = at(snapshot, "/pools") {
         for (name, p) in pools {
             let f = |k: &str| p.get(k).and_then(Value::as_u64).unwrap_or(0);
             line(
                 &format!("pool {name}"),
-                format!(
+                Some(format!(
                     "max {} · open {} · active {} · idle {} · waiting {}",
                     f("max"),
                     f("total"),
                     f("active"),
                     f("idle"),
                     f("waiting")
-                ),
+                )),
             );
         }
     }
@@ -193,13 +196,16 @@ pub(crate) fn text(h: &Header<'_>, o: &Outcome, snapshot: &Value, ui: &Ui) -> St
     format!("{head}\n{out}{hist}")
 }
 
-fn bound_label(us: u64) -> String {
-    if us < 1000 {
-        format!("{}", us as f64 / 1e3)
-    } else if us < 1_000_000 {
-        format!("{}", us / 1000)
-    } else {
-        format!("{}s", us / 1_000_000)
+/// A bucket's bounds: milliseconds below half a second, seconds from there.
+fn span_label(lo: Option<u64>, hi: Option<u64>) -> String {
+    let ms = |us: u64| format!("{}", us as f64 / 1e3);
+    let s = |us: u64| format!("{}", us as f64 / 1e6);
+    match (lo, hi) {
+        (None, Some(hi)) => format!("< {} ms", ms(hi)),
+        (Some(lo), None) => format!("≥ {} s", s(lo)),
+        (Some(lo), Some(hi)) if lo >= 500_000 => format!("{}–{} s", s(lo), s(hi)),
+        (Some(lo), Some(hi)) => format!("{}–{} ms", ms(lo), ms(hi)),
+        (None, None) => String::new(),
     }
 }
 
@@ -219,15 +225,11 @@ pub(crate) fn histogram_text(h: &Histogram<u64>) -> String {
     let last = counts.iter().rposition(|&c| c > 0).unwrap_or(0);
     let total: u64 = counts.iter().sum();
     let peak = counts.iter().copied().max().unwrap_or(1).max(1);
-    let label = |i: usize| match i {
-        0 => format!("< {} ms", bound_label(BOUNDS_US[0])),
-        i if i == BOUNDS_US.len() => format!("≥ {}", bound_label(BOUNDS_US[i - 1])),
-        i => format!(
-            "{}–{} ms",
-            bound_label(BOUNDS_US[i - 1]),
-            bound_label(BOUNDS_US[i])
+    let label = |i: usize| {
+        span_label(
+            i.checked_sub(1).map(|j| BOUNDS_US[j]),
+            BOUNDS_US.get(i).copied(),
         )
-        .replace("s ms", "s"),
     };
     let rows: Vec<(String, u64)> = (first..=last).map(|i| (label(i), counts[i])).collect();
     let w = rows
