@@ -124,10 +124,18 @@ pub(crate) async fn run(mut config: Config, args: BenchArgs, ui: &Ui) -> Result<
     } else {
         None
     };
-    // From here on Ctrl-C ends the load and the cleanup below still runs.
+    // From here on a Ctrl-C ends the load and the cleanup below still runs; a second one
+    // leaves at once (the throwaway server's watchdog still removes it).
     tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_err() {
+            return;
+        }
+        let _ = stop_tx.send(true);
         if tokio::signal::ctrl_c().await.is_ok() {
-            let _ = stop_tx.send(true);
+            eprintln!(
+                "pgwarden: interrupted twice: leaving without cleaning up; a throwaway server is removed by its watchdog, tables named pgwarden_bench_* on your own server may remain"
+            );
+            std::process::exit(130);
         }
     });
     let result = bench(&config, &args, ui, &say, server.is_some(), stop_rx).await;
