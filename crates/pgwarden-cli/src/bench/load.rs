@@ -251,11 +251,15 @@ impl<'a> View<'a> {
             .and_then(|s| s.pointer("/health/grade")?.as_str().map(str::to_owned))
             .map(|g| format!(" · grade {}", self.ui.grade(&g)))
             .unwrap_or_default();
-        let line = format!(
-            "{} calls · {}/s · p95 {p95}{grade}",
-            ui::thousands(calls),
+        let rate = format!(
+            "{}/s · p95 {p95}{grade}",
             ui::thousands(rate.round() as u64)
         );
+        // With -n alone the bar itself counts the calls.
+        let line = match (&self.bar, self.by_count) {
+            (Some(_), true) => rate,
+            _ => format!("{} calls · {rate}", ui::thousands(calls)),
+        };
         match &self.bar {
             Some(bar) => {
                 bar.set_position(if self.by_count {
