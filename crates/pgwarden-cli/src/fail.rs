@@ -65,27 +65,27 @@ impl Failure {
         }
     }
 
-    /// A library error met while connecting (`for_config`: building the pool, prewarming).
-    pub(crate) fn connecting(e: &Error, critical_code: Option<u8>) -> Self {
-        let kind = Kind::of(e);
-        let code = match (kind, critical_code) {
-            (Kind::Config, _) => CONFIG,
-            (_, Some(c)) => c,
-            (Kind::Refused, None) => CONFIG,
-            (Kind::Unreachable | Kind::Other, None) => RUNTIME,
-        };
+    /// A library error met while building the manager (validating, connecting, prewarming):
+    /// wrong credentials are configuration (3), an unreachable server a runtime failure (1).
+    pub(crate) fn connecting(e: &Error) -> Self {
         if let Error::Config(ce) = e {
-            let mut f = Self::config_problems(ce);
-            f.code = code;
-            return f;
+            return Self::config_problems(ce);
         }
-        let todo = match kind {
-            Kind::Refused => "Fix the user, password or database name in DATABASE_URL.",
-            Kind::Unreachable => {
-                "Check that the server is up and that DATABASE_URL's host and port are right."
-            }
-            Kind::Config => "Fix the TLS settings (sslmode, sslrootcert, DB_SSL_ROOT_CERT).",
-            Kind::Other => "Run again with -v to see the library's log.",
+        let kind = Kind::of(e);
+        let (code, todo) = match kind {
+            Kind::Refused => (
+                CONFIG,
+                "Fix the user, password or database name in DATABASE_URL.",
+            ),
+            Kind::Config => (
+                CONFIG,
+                "Fix the TLS settings (sslmode, sslrootcert, DB_SSL_ROOT_CERT).",
+            ),
+            Kind::Unreachable => (
+                RUNTIME,
+                "Check that the server is up and that DATABASE_URL's host and port are right.",
+            ),
+            Kind::Other => (RUNTIME, "Run again with -v to see the library's log."),
         };
         Self::new(code, e.to_string(), Some(todo.into()))
     }

@@ -168,7 +168,7 @@ async fn bench(
 ) -> Result<(String, Option<Value>), Failure> {
     let db = PoolManager::from_config(config)
         .await
-        .map_err(|e| Failure::connecting(&e, None))?;
+        .map_err(|e| Failure::connecting(&e))?;
     let version = server_version(&db).await;
     let server = format!(
         "PostgreSQL {version}{}",

@@ -68,6 +68,13 @@ pub(crate) fn text(h: &Header<'_>, o: &Outcome, snapshot: &Value, ui: &Ui) -> St
         )),
     );
     line(
+        "first error",
+        o.first_error
+            .as_ref()
+            .filter(|_| o.failed > 0)
+            .map(|e| e.chars().take(200).collect()),
+    );
+    line(
         "throughput",
         Some(format!(
             "{} calls/s",

@@ -202,3 +202,33 @@ fn ctrl_c_mid_run_on_your_own_server_leaves_no_table_behind() {
     assert!(out.contains("interrupted (Ctrl-C)"), "{out}");
     assert_eq!(bench_tables(&server, &db), "", "tables left behind: {out}");
 }
+
+#[test]
+fn a_statement_that_fails_on_some_calls_is_reported_with_its_first_error() {
+    let (server, db, url) = own_database();
+    server
+        .psql(&db, "CREATE TABLE once (id int4 PRIMARY KEY)")
+        .unwrap();
+    // The first call inserts the row; every later one hits the primary key.
+    let o = pgwarden(
+        &[
+            "bench",
+            "--sql",
+            "INSERT INTO once VALUES (1)",
+            "-n",
+            "40",
+            "-c",
+            "1",
+        ],
+        &[("DATABASE_URL", &url)],
+    );
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("calls         40 (1 ok, 39 failed: 2.50% success)"),
+        "{out}"
+    );
+    assert!(out.contains("first error"), "{out}");
+    assert!(out.contains("duplicate key"), "{out}");
+    assert_eq!(server.psql(&db, "SELECT count(*) FROM once").unwrap(), "1");
+}
