@@ -161,7 +161,14 @@ fn json_file_holds_the_document() {
 fn interrupt_mid_run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     let mut run = Running::spawn(args, env);
     run.wait_for("running ", Duration::from_secs(120));
-    std::thread::sleep(Duration::from_millis(1500));
+    // stdout is not a terminal: the live view is the status block every 2 s.
+    let first = run.wait_for("[", Duration::from_secs(30));
+    assert!(
+        first.contains(" s] ") && first.contains(" calls · "),
+        "{first}"
+    );
+    let block = run.wait_for("          ", Duration::from_secs(5));
+    assert!(!block.trim().is_empty());
     let pid = nix::unistd::Pid::from_raw(run.child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     run.finish(Duration::from_secs(60))
