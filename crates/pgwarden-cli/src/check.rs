@@ -262,7 +262,7 @@ async fn probe(
     let conn = pool
         .get()
         .await
-        .map_err(|e| (Kind::of(&e), e.to_string()))?;
+        .map_err(|e| (Kind::of_acquire(&e), e.to_string()))?;
     let connect_ms = started.elapsed().as_secs_f64() * 1e3;
     let row = conn
         .query_one(

@@ -1,7 +1,7 @@
 //! Exit codes, and the one or two lines every failure prints: what happened, what to do.
 
 use pgwarden::config::ConfigError;
-use pgwarden::Error;
+use pgwarden::{AcquireError, BuildError};
 use pgwarden_testdb::HarnessError;
 
 /// Done.
@@ -67,11 +67,11 @@ impl Failure {
 
     /// A library error met while building the manager (validating, connecting, prewarming):
     /// wrong credentials are configuration (3), an unreachable server a runtime failure (1).
-    pub(crate) fn connecting(e: &Error) -> Self {
-        if let Error::Config(ce) = e {
+    pub(crate) fn connecting(e: &BuildError) -> Self {
+        if let BuildError::Config(ce) = e {
             return Self::config_problems(ce);
         }
-        let kind = Kind::of(e);
+        let kind = Kind::of_build(e);
         let (code, todo) = match kind {
             Kind::Refused => (
                 CONFIG,
@@ -115,12 +115,21 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    pub(crate) fn of(e: &Error) -> Self {
+    pub(crate) fn of_build(e: &BuildError) -> Self {
         match e {
-            Error::Config(_) | Error::Tls(_) => Kind::Config,
-            Error::Connect(c) if c.code().is_some() => Kind::Refused,
-            Error::Connect(_) => Kind::Config,
-            Error::AcquireTimeout { .. } => Kind::Unreachable,
+            BuildError::Config(_) | BuildError::Tls(_) => Kind::Config,
+            BuildError::Prewarm(a) => Kind::of_acquire(a),
+            _ => Kind::Other,
+        }
+    }
+
+    pub(crate) fn of_acquire(e: &AcquireError) -> Self {
+        match e {
+            // The server answered with an SQLSTATE: it refused the credentials or database.
+            AcquireError::Connect(c) if c.code().is_some() => Kind::Refused,
+            // Permanent without an answer: TLS or connection settings.
+            AcquireError::Connect(_) => Kind::Config,
+            AcquireError::TimedOut { .. } => Kind::Unreachable,
             _ => Kind::Other,
         }
     }
