@@ -6,6 +6,52 @@ use serde_json::Value;
 
 use crate::common::{bench_tables, own_database, pgwarden, text, Running};
 
+/// DESIGN.md's snapshot names: the floor the CLI and dashboards rely on, never renamed.
+const DESIGN_KEYS: [&str; 42] = [
+    "/pools/primary/max",
+    "/pools/primary/total",
+    "/pools/primary/active",
+    "/pools/primary/idle",
+    "/pools/primary/waiting",
+    "/pools/primary/utilization_pct",
+    "/queries/total",
+    "/queries/succeeded",
+    "/queries/failed",
+    "/queries/success_rate_pct",
+    "/queries/retries",
+    "/queries/outcome_unknown",
+    "/queries/slow",
+    "/queries/slow_per_min",
+    "/latency_ms/avg",
+    "/latency_ms/p50",
+    "/latency_ms/p95",
+    "/latency_ms/p99",
+    "/latency_ms/p999",
+    "/latency_ms/max",
+    "/acquire_wait_ms/avg",
+    "/acquire_wait_ms/p50",
+    "/acquire_wait_ms/p95",
+    "/acquire_wait_ms/p99",
+    "/acquire_wait_ms/p999",
+    "/acquire_wait_ms/max",
+    "/connections/opened",
+    "/connections/closed",
+    "/connections/reuse_rate_pct",
+    "/statement_cache/hits",
+    "/statement_cache/misses",
+    "/statement_cache/evictions",
+    "/failover/active",
+    "/failover/activations",
+    "/failover/active_ms",
+    "/health/grade",
+    "/health/driven_by",
+    "/health/window/utilization_pct",
+    "/health/window/avg_ms",
+    "/health/window/p95_ms",
+    "/health/window/success_rate_pct",
+    "/health/window/slow_per_min",
+];
+
 fn json_of(o: &std::process::Output) -> Value {
     serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("no JSON on stdout ({e}):\n{}", text(o)))
@@ -40,7 +86,16 @@ fn a_short_bench_on_a_throwaway_server_reports_and_writes_json() {
     let snap = &doc["snapshot"];
     assert_eq!(snap["queries"]["total"].as_u64(), Some(calls), "{snap}");
     assert_eq!(snap["queries"]["succeeded"].as_u64(), Some(calls), "{snap}");
-    assert!(snap["pools"]["primary"]["max"].as_u64().is_some(), "{snap}");
+    let missing: Vec<&str> = DESIGN_KEYS
+        .iter()
+        .copied()
+        .filter(|k| snap.pointer(k).is_none())
+        .collect();
+    assert!(missing.is_empty(), "missing {missing:?} in {snap}");
+    assert!(
+        ["good", "warning", "critical"].contains(&snap["health"]["grade"].as_str().unwrap_or("")),
+        "{snap}"
+    );
     // The text report went to stderr, with its histogram.
     let report = String::from_utf8_lossy(&o.stderr);
     for part in [
