@@ -84,7 +84,7 @@ fn json_path(md: &Path) -> PathBuf {
     }
 }
 
-const USAGE: &str = "options: --quick --rounds N --seed N --only SUBSTR --out PATH.md";
+const USAGE: &str = "options: --quick --rounds N --seed N --only SUBSTR[,SUBSTR...] --out PATH.md";
 
 fn parse_args() -> Result<Args, AnyErr> {
     let seed = std::time::SystemTime::now()
@@ -186,7 +186,11 @@ async fn run(server: &PgServer, args: Args, load_before: String) -> Result<(), A
         .into_iter()
         .map(Scenario::E2e)
         .chain(PoolScenario::all().into_iter().map(Scenario::Pool))
-        .filter(|s| args.only.as_deref().is_none_or(|o| s.name().contains(o)))
+        .filter(|s| {
+            args.only
+                .as_deref()
+                .is_none_or(|o| o.split(',').any(|p| s.name().contains(p)))
+        })
         .collect();
     if all.is_empty() {
         return Err("--only matched no scenario".into());

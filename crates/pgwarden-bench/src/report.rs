@@ -232,7 +232,7 @@ impl Report<'_> {
             o,
             "Regenerates this page and its raw figures (JSON, every round). `--quick` is a short run \
              written to `target/` unless `--out` is given. Other options: `--rounds N --seed N \
-             --only SUBSTR --out PATH.md` (the JSON goes beside it).\n"
+             --only SUBSTR[,SUBSTR…] --out PATH.md` (the JSON goes beside it).\n"
         );
         let _ =
             writeln!(
