@@ -138,6 +138,8 @@ impl<'a, O: Op> IntoFuture for Call<'a, O> {
 pub(super) struct Retrying<'a> {
     db: &'a PoolManager,
     started: Instant,
+    /// No attempt made yet: the first deadline counts from `started` (no clock read).
+    first: bool,
     clock: RetryClock<'a>,
     what: &'a str,
 }
@@ -148,14 +150,21 @@ impl<'a> Retrying<'a> {
         Self {
             db,
             started: Instant::now(),
+            first: true,
             clock: RetryClock::new(&opts.retry_delays, opts.retry_attempts, opts.retry_budget),
             what,
         }
     }
 
     /// The acquire deadline of the next attempt: the acquire timeout, cut to the budget.
-    pub(super) fn deadline(&self) -> Instant {
-        let deadline = Instant::now() + self.db.inner.primary.options().acquire_timeout;
+    pub(super) fn deadline(&mut self) -> Instant {
+        // A clock read costs ~45 ns on a VM; the first attempt starts as the call does.
+        let now = if std::mem::take(&mut self.first) {
+            self.started
+        } else {
+            Instant::now()
+        };
+        let deadline = now + self.db.inner.primary.options().acquire_timeout;
         match self.clock.budget_end() {
             Some(end) => deadline.min(end),
             None => deadline,
@@ -239,7 +248,8 @@ async fn attempt<O: Op>(
     let (result, discard) = {
         // Pinned here, not moved into `bounded`: the statement's future is stored once.
         let fut = std::pin::pin!(O::run(&conn, sql, params));
-        bounded_pinned(&db.inner.opts, &conn, fut, Ctx::autocommit(idempotent, sql)).await
+        let ctx = Ctx::autocommit(idempotent, sql);
+        bounded_pinned(&db.inner.opts, &conn, fut, ctx, started).await
     };
     db.inner
         .stats
@@ -286,20 +296,23 @@ pub(super) async fn bounded<T, F>(
 where
     F: Future<Output = Result<T, Error>>,
 {
-    bounded_pinned(opts, conn, std::pin::pin!(fut), ctx).await
+    bounded_pinned(opts, conn, std::pin::pin!(fut), ctx, Instant::now()).await
 }
 
-/// [`bounded`] for a future the caller pinned.
+/// [`bounded`] for a future the caller pinned, with the caller's reading of the statement's
+/// start (the query timeout counts from it; one clock read fewer per call).
 pub(super) async fn bounded_pinned<T, F>(
     opts: &ManagerOptions,
     conn: &PgConn,
     mut fut: Pin<&mut F>,
     ctx: Ctx,
+    started: Instant,
 ) -> (AttemptResult<T>, bool)
 where
     F: Future<Output = Result<T, Error>>,
 {
-    match tokio::time::timeout(opts.query_timeout, fut.as_mut()).await {
+    let until = started + opts.query_timeout;
+    match tokio::time::timeout_at(until, fut.as_mut()).await {
         Ok(r) => return (r.map_err(|e| classify_error(e, conn, ctx)), false),
         Err(_elapsed) => {}
     }

@@ -120,11 +120,17 @@ enum Step<T> {
     Fail(Error),
 }
 
+/// Checks a connection out. `deadline` `None` means the pool's acquire timeout from the first
+/// clock reading this acquire takes: an idle connection then costs one clock read in all (the
+/// check's), a waited one two (plus the release's, on the other side).
 pub(super) async fn acquire<C: Connector>(
     inner: &Arc<Inner<C>>,
-    deadline: Instant,
+    mut deadline: Option<Instant>,
 ) -> Result<PooledConnection<C>, Error> {
-    let start = Instant::now();
+    let timeout = inner.opts.acquire_timeout;
+    // This acquire's first clock reading: when it began, as far as the wait time and a
+    // timeout error tell.
+    let mut start: Option<Instant> = None;
     let mut waited = false;
     // After a connection failed its check, the caller keeps its place at the head of the queue.
     let mut front = false;
@@ -148,15 +154,26 @@ pub(super) async fn acquire<C: Connector>(
             } else {
                 let id = st.next_id();
                 let (tx, rx) = oneshot::channel();
+                let now = Instant::now();
+                start.get_or_insert(now);
+                let until = *deadline.get_or_insert(now + timeout);
+                waited = true;
+                let waiter = Waiter {
+                    id,
+                    tx,
+                    deadline: until,
+                };
                 if front {
-                    st.waiters.push_front(Waiter { id, tx });
+                    st.waiters.push_front(waiter);
                 } else {
-                    st.waiters.push_back(Waiter { id, tx });
+                    st.waiters.push_back(waiter);
                 }
-                let n = inner.plan_connects(&mut st, Instant::now());
+                let n = inner.plan_connects(&mut st, now);
                 // Connects are wanted but held back (backoff, handshake cap): the worker
-                // starts them when it may. A merely full pool needs no worker.
-                let wake = n == 0 && st.size < inner.opts.max_size;
+                // starts them when it may. A merely full pool needs no worker, unless our
+                // deadline comes before its next sweep.
+                let wake = (n == 0 && st.size < inner.opts.max_size)
+                    || st.sweep_at.is_none_or(|t| until < t);
                 Step::Wait(id, rx, n, wake)
             }
         };
@@ -167,7 +184,9 @@ pub(super) async fn acquire<C: Connector>(
             }
             Step::Got(slot) => slot,
             Step::Wait(id, rx, n, wake) => {
-                waited = true;
+                let Some(start) = start else {
+                    unreachable!("set when queued")
+                };
                 for _ in 0..n {
                     tokio::spawn(super::worker::connect_one(Arc::clone(inner)));
                 }
@@ -182,27 +201,29 @@ pub(super) async fn acquire<C: Connector>(
                     settled: false,
                     dequeued: false,
                 };
-                match tokio::time::timeout_at(deadline, &mut wait.rx).await {
-                    Ok(Ok(Handoff::Conn(slot))) => {
+                // No timer of our own: the worker's sweep sends `TimedOut` at our deadline.
+                match (&mut wait.rx).await {
+                    Ok(Handoff::Conn(slot)) => {
                         wait.settled = true;
                         wait.dequeued = true;
                         slot
                     }
-                    Ok(Ok(Handoff::Failed(e))) => {
+                    Ok(Handoff::Failed(e)) => {
                         wait.settled = true;
                         wait.dequeued = true;
                         Counters::inc(&inner.counters.acquires_failed);
                         return Err(Error::Connect(e));
                     }
-                    Ok(Ok(Handoff::Closed) | Err(_)) => {
+                    Ok(Handoff::Closed) | Err(_) => {
                         wait.settled = true;
                         wait.dequeued = true;
                         Counters::inc(&inner.counters.acquires_failed);
                         return Err(Error::Closed);
                     }
-                    Err(_elapsed) => {
+                    Ok(Handoff::TimedOut) => {
                         wait.settled = true;
-                        drop(wait); // leave the queue before the snapshot
+                        wait.dequeued = true;
+                        drop(wait);
                         return Err(timed_out(inner, start));
                     }
                 }
@@ -217,7 +238,12 @@ pub(super) async fn acquire<C: Connector>(
             // to other tasks now and then.
             tokio::task::coop::consume_budget().await;
         }
-        if let Some(reason) = check(inner, &mut guard, deadline).await {
+        // The one clock read of an idle checkout: the connection's checks, the deadline (when
+        // the caller gave none) and the wait time all use it.
+        let now = Instant::now();
+        start.get_or_insert(now);
+        let until = *deadline.get_or_insert(now + timeout);
+        if let Some(reason) = check(inner, &mut guard, now, until).await {
             let slot = guard.slot.take().expect("slot present");
             let slot = {
                 let mut st = inner.lock();
@@ -228,8 +254,9 @@ pub(super) async fn acquire<C: Connector>(
             inner.notify_change();
             inner.wake_worker();
             front = true;
-            if Instant::now() >= deadline {
-                return Err(timed_out(inner, start));
+            let now = Instant::now();
+            if now >= until {
+                return Err(timed_out(inner, start.unwrap_or(now)));
             }
             continue;
         }
@@ -239,8 +266,8 @@ pub(super) async fn acquire<C: Connector>(
         } else {
             &c.acquires_direct
         });
-        if waited {
-            c.waited(start.elapsed());
+        if let (true, Some(start)) = (waited, start) {
+            c.waited(now.saturating_duration_since(start));
         }
         if guard.slot().used {
             Counters::inc(&c.reused);
@@ -265,9 +292,9 @@ fn timed_out<C: Connector>(inner: &Inner<C>, start: Instant) -> Error {
 async fn check<C: Connector>(
     inner: &Arc<Inner<C>>,
     guard: &mut PooledConnection<C>,
+    now: Instant,
     deadline: Instant,
 ) -> Option<CloseReason> {
-    let now = Instant::now();
     let slot = guard.slot();
     if now >= slot.expires {
         return Some(CloseReason::Lifetime);

@@ -772,3 +772,41 @@ async fn acquire_dropped_at_its_yield_point_leaks_nothing() {
     assert_eq!((st.size, st.idle, st.in_use), (1, 1, 0), "{st}");
     drop(pool.get().await.unwrap());
 }
+
+/// Waits time out through the worker's sweep (no timer per waiter): each at its own deadline,
+/// a later-queued shorter deadline included, and a timed-out waiter leaves the queue.
+#[tokio::test(start_paused = true)]
+async fn each_waiter_times_out_at_its_own_deadline() {
+    let fake = Fake::default();
+    let pool = Pool::new(fake.clone(), opts(1, 0));
+    let held = pool.get().await.unwrap();
+    settle().await; // the worker naps now (up to its longest nap)
+    let t0 = Instant::now();
+    let spawn_wait = |ms: Option<u64>| {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let r = match ms {
+                Some(ms) => pool.get_until(t0 + Duration::from_millis(ms)).await,
+                None => pool.get().await,
+            };
+            (r.is_ok(), t0.elapsed())
+        })
+    };
+    let long = spawn_wait(Some(500));
+    let default = spawn_wait(None); // the pool's acquire timeout: 2 s
+    let short = spawn_wait(Some(50)); // queued last, due first
+    for (h, due) in [(short, 50), (long, 500), (default, 2000)] {
+        let (ok, after) = h.await.unwrap();
+        assert!(!ok, "a wait for a held connection succeeded");
+        let due = Duration::from_millis(due);
+        assert!(
+            after >= due && after <= due + Duration::from_millis(5),
+            "timed out after {after:?}, deadline {due:?}"
+        );
+    }
+    assert_eq!(pool.status().waiting, 0);
+    assert_eq!(pool.counters().acquires_timed_out, 3);
+    drop(held);
+    drop(pool.get().await.unwrap());
+    assert_consistent(&pool, &fake).await;
+}

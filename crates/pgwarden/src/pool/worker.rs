@@ -58,12 +58,26 @@ fn maintain<C: Connector>(inner: &Arc<Inner<C>>) -> Duration {
                 let slot = st.idle.remove(0);
                 retired.push(inner.retire(&mut st, slot, CloseReason::Idle));
             }
+            // Sweep: fail the waits whose deadline has passed (the pool's one acquire timer;
+            // first, so that connects are planned for the waiters that remain).
+            let mut due = now + MAX_NAP;
+            let mut i = 0;
+            while i < st.waiters.len() {
+                if now >= st.waiters[i].deadline {
+                    if let Some(w) = st.waiters.remove(i) {
+                        // A waiter already gone (cancelled) is about to leave anyway.
+                        let _ = w.tx.send(Handoff::TimedOut);
+                    }
+                } else {
+                    due = due.min(st.waiters[i].deadline);
+                    i += 1;
+                }
+            }
             let connects = inner.plan_connects(&mut st, now);
             let dirty = std::mem::take(&mut st.dirty);
 
-            // Next due time: the earliest expiry or idle timeout, or the end of a backoff that
-            // holds back a connect still wanted.
-            let mut due = now + MAX_NAP;
+            // Next due time: the earliest wait deadline, expiry or idle timeout, or the end of
+            // a backoff that holds back a connect still wanted.
             for s in &st.idle {
                 due = due.min(s.expires);
             }
@@ -75,13 +89,11 @@ fn maintain<C: Connector>(inner: &Arc<Inner<C>>) -> Duration {
                     due = due.min(t);
                 }
             }
-            (
-                connects,
-                dirty,
-                doomed,
-                due.saturating_duration_since(now)
-                    .max(Duration::from_millis(1)),
-            )
+            let nap = due
+                .saturating_duration_since(now)
+                .max(Duration::from_millis(1));
+            st.sweep_at = Some(now + nap);
+            (connects, dirty, doomed, nap)
         }
     };
     if !retired.is_empty() {
@@ -156,7 +168,7 @@ pub(super) async fn connect_one<C: Connector>(inner: Arc<Inner<C>>) {
                 if st.closed {
                     to_drop = Some(inner.retire(&mut st, slot, CloseReason::Shutdown));
                 } else {
-                    inner.deliver(&mut st, slot);
+                    inner.deliver(&mut st, slot, Instant::now());
                 }
             }
             Err(e) => {
@@ -213,7 +225,7 @@ async fn reset_one<C: Connector>(inner: Arc<Inner<C>>, slot: Box<Slot<C::Conn>>)
         Counters::inc(&inner.counters.resets);
         let mut slot = slot;
         slot.used = true;
-        inner.deliver(&mut st, slot);
+        inner.deliver(&mut st, slot, Instant::now());
         return;
     }
     let reason = if !ok {
