@@ -3,13 +3,17 @@
 //! status and metrics.
 
 mod call;
+pub mod route;
+mod router;
 mod stats;
+mod topology_task;
 mod transaction;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use call::{Call, Exec, One, Op, Opt, Params, Rows};
+pub use router::Router;
 pub use stats::{ConnectionCounters, PoolSnapshot, QueryCounters, Snapshot};
 pub use transaction::{Tx, TxFuture};
 

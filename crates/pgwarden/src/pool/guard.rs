@@ -268,7 +268,7 @@ async fn check<C: Connector>(
 ) -> Option<CloseReason> {
     let now = Instant::now();
     let slot = guard.slot();
-    if now >= slot.expires {
+    if now >= slot.expires || inner.evicted(slot) {
         return Some(CloseReason::Lifetime);
     }
     if inner.connector.is_closed(&slot.conn) {

@@ -15,6 +15,7 @@
 //! backoff.
 
 mod counters;
+mod evict;
 mod guard;
 mod state;
 mod worker;
@@ -243,6 +244,8 @@ pub(crate) struct Inner<C: Connector> {
     wake: Arc<Notify>,
     /// Signalled when a connection opens, a connect fails, or the size shrinks (`prewarm`, `close`).
     changed: Notify,
+    /// Connections with a lower id are closed instead of reused (see [`Pool::evict_all`]).
+    pub(crate) evict_below: std::sync::atomic::AtomicU64,
 }
 
 impl<C: Connector> Drop for Inner<C> {
@@ -282,6 +285,7 @@ impl<C: Connector> Pool<C> {
             counters: Counters::default(),
             wake: Arc::clone(&wake),
             changed: Notify::new(),
+            evict_below: std::sync::atomic::AtomicU64::new(0),
         });
         tokio::spawn(worker::run(Arc::downgrade(&inner), wake));
         Self { inner }
