@@ -262,10 +262,13 @@ mod tests {
     const F_RO: PoolView = v(0, 5, true, Some(false));
     const F_NEW: PoolView = v(0, 5, true, None);
 
+    /// attempt, marking, overflow engaged, primary, failover → the pool, why.
+    type Row = (u32, Marking, bool, PoolView, Option<PoolView>, PoolId, &'static str);
+
     #[test]
     fn routing_table() {
         #[rustfmt::skip]
-        let rows: &[(u32, Marking, bool, PoolView, Option<PoolView>, PoolId, &str)] = &[
+        let rows: &[Row] = &[
             // attempt, marking, overflow, primary, failover → pool
             (1, Write, false, P_FULL, None, Primary, "failover off: always the primary"),
             (4, ReadOnly, true, P_DOWN, None, Primary, "failover off, primary down"),
