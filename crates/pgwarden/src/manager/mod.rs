@@ -262,6 +262,15 @@ impl PoolManager {
                 p.active, p.max, p.utilization_pct, p.idle, p.waiting
             ));
         }
+        if self.inner.router.failover().is_some() {
+            let f = &m.failover;
+            out.push_str(&format!(
+                "Failover: {}, {} activations, {:.0} ms active\n",
+                if f.active { "engaged" } else { "standing by" },
+                f.activations,
+                f.active_ms
+            ));
+        }
         out.push_str(&format!(
             "Queries: {} ({:.2}% ok), {:.1} ms avg, {:.1} ms max, {} slow, {} retries, {} outcome unknown\n",
             q.total, q.success_rate_pct, q.avg_ms, q.max_ms, q.slow, q.retries, q.outcome_unknown

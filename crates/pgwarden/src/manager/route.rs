@@ -263,7 +263,15 @@ mod tests {
     const F_NEW: PoolView = v(0, 5, true, None);
 
     /// attempt, marking, overflow engaged, primary, failover → the pool, why.
-    type Row = (u32, Marking, bool, PoolView, Option<PoolView>, PoolId, &'static str);
+    type Row = (
+        u32,
+        Marking,
+        bool,
+        PoolView,
+        Option<PoolView>,
+        PoolId,
+        &'static str,
+    );
 
     #[test]
     fn routing_table() {

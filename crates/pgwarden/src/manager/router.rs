@@ -63,6 +63,7 @@ pub struct Router {
     failover_same_target: bool,
     states: [TargetState; 2],
     overflow: Mutex<Overflow>,
+    threshold_pct: u8,
     probe_timeout: Duration,
     /// Serializes probes: a burst of 25006 errors re-checks the roles once, not once each.
     probing: tokio::sync::Mutex<()>,
@@ -94,6 +95,7 @@ impl Router {
             failover_same_target,
             states: [TargetState::new(), TargetState::new()],
             overflow: Mutex::new(Overflow::new(threshold_pct)),
+            threshold_pct,
             probe_timeout,
             probing: tokio::sync::Mutex::new(()),
         }
@@ -134,16 +136,11 @@ impl Router {
         };
         let primary = self.state(PoolId::Primary).view(&self.primary);
         let overflow = self.observe_overflow(&primary);
-        let threshold_pct = self
-            .overflow
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .threshold_pct();
         route(&RouteInput {
             attempt,
             marking,
             overflow,
-            threshold_pct,
+            threshold_pct: self.threshold_pct,
             primary,
             failover: Some(self.state(PoolId::Failover).view(failover)),
         })

@@ -772,3 +772,28 @@ async fn acquire_dropped_at_its_yield_point_leaks_nothing() {
     assert_eq!((st.size, st.idle, st.in_use), (1, 1, 0), "{st}");
     drop(pool.get().await.unwrap());
 }
+
+#[tokio::test(start_paused = true)]
+async fn evict_all_closes_idle_now_and_checked_out_on_return() {
+    let fake = Fake::default();
+    let pool = Pool::new(fake.clone(), opts(3, 0));
+    let held = pool.get().await.unwrap();
+    let idle = pool.get().await.unwrap();
+    let (held_id, idle_id) = (held.id, idle.id);
+    drop(idle);
+    pool.evict_all();
+    assert_eq!(pool.status().idle, 0, "the idle one closed at once");
+    assert_eq!(pool.status().size, 1, "the checked-out one still open");
+    drop(held);
+    assert_eq!(pool.status().size, 0, "closed on return, not reused");
+    let fresh = pool.get().await.unwrap();
+    assert!(fresh.id != held_id && fresh.id != idle_id);
+    drop(fresh);
+    let again = pool.get().await.unwrap();
+    assert!(
+        PooledConnection::was_reused(&again),
+        "later connections are reused"
+    );
+    drop(again);
+    assert_consistent(&pool, &fake).await;
+}
