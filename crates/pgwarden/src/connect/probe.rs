@@ -69,6 +69,12 @@ impl PgConnector {
         // The probe must reach a read-only host too, to learn that it is one.
         c.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::Any);
         c.connect_timeout(timeout);
+        // Told apart from the pool's own sessions in pg_stat_activity.
+        let name = format!(
+            "{} (role probe)",
+            config.get_application_name().unwrap_or("pgwarden")
+        );
+        c.application_name(&name);
         let (client, connection) = c
             .connect(self.tls.clone())
             .await

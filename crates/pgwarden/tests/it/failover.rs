@@ -256,6 +256,9 @@ async fn switchover_to_a_promoted_standby() {
         ("DATABASE_URL", multi_host_url(&primary, &standby, &db)),
         ("DB_POOL_MAX", "6".into()),
         ("DB_POOL_MIN", "2".into()),
+        // As in staging and production: the failover pool on the same (multi-host) target.
+        ("DB_ENABLE_FAILOVER", "true".into()),
+        ("DB_FAILOVER_POOL_MAX", "3".into()),
         ("DB_CONNECT_TIMEOUT", "1s".into()),
         ("DB_ACQUIRE_TIMEOUT", "2s".into()),
         ("DB_HEALTH_CHECK_INTERVAL", "1s".into()),
@@ -310,6 +313,8 @@ async fn switchover_to_a_promoted_standby() {
         move || p.stop(StopMode::Fast).expect("stop")
     })
     .await;
+    // Writes acknowledged until here may have been the old primary's last ones.
+    let stop_returned = Instant::now();
     tokio::time::sleep(WAIT_BEFORE_PROMOTE).await;
     let promote_started = Instant::now();
     blocking({
@@ -325,7 +330,7 @@ async fn switchover_to_a_promoted_standby() {
             .lock()
             .unwrap()
             .iter()
-            .filter(|(_, t)| *t > stopped_at)
+            .filter(|(_, t)| *t > stop_returned)
             .count()
     };
     eventually(
@@ -362,18 +367,27 @@ async fn switchover_to_a_promoted_standby() {
 
     let acked = books.acked.lock().unwrap().clone();
     let unknown = books.unknown.lock().unwrap().clone();
+    let last_on_old = acked
+        .iter()
+        .filter(|(_, t)| *t > stopped_at && *t <= stop_returned)
+        .count();
     let first_after = acked
         .iter()
-        .filter(|(_, t)| *t > stopped_at)
+        .filter(|(_, t)| *t > stop_returned)
         .map(|(_, t)| *t)
         .min()
         .expect("a write acknowledged after the stop");
+    assert!(
+        first_after >= promote_started,
+        "no write acknowledged while nothing was writable"
+    );
     let gap = first_after - stopped_at - waited;
     let failed = books.failed.load(Ordering::Relaxed);
     println!(
         "switchover: failover gap {:.0} ms (stop to first acknowledged write on the promoted standby \
          {:.0} ms, minus {:.0} ms waited before promoting; pg_ctl promote took {:.0} ms); \
-         {} writes acknowledged, {failed} failed, {} outcome unknown",
+         {} writes acknowledged ({last_on_old} by the old primary while it shut down), \
+         {failed} failed, {} outcome unknown",
         gap.as_secs_f64() * 1000.0,
         (first_after - stopped_at).as_secs_f64() * 1000.0,
         waited.as_secs_f64() * 1000.0,
@@ -426,6 +440,8 @@ async fn switchover_to_a_promoted_standby() {
     )
     .await;
     assert_eq!(on_old, 0, "the old primary took no write");
+    let (p, f) = (m.pool().status(), m.failover_pool().unwrap().status());
+    assert!(p.size <= 6 && f.size <= 3, "within max: {p} / {f}");
     m.close(Duration::from_secs(5)).await;
     eventually(Duration::from_secs(10), "no session left", || {
         let (p, s, a) = (Arc::clone(&primary), Arc::clone(&standby), app.clone());
