@@ -454,3 +454,85 @@ async fn switchover_to_a_promoted_standby() {
     })
     .await;
 }
+
+/// The primary down, with `DB_FAILOVER_URL` naming another read-write server: writes follow
+/// the attempt flow to the failover pool, go there first while the primary is known down, and
+/// come back once the probe finds the primary again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_down_writes_move_to_the_failover_server_and_back() {
+    let a = Arc::new(PgServer::start().expect("primary"));
+    let b = Arc::new(PgServer::start().expect("failover server"));
+    let (db_a, db_b) = (
+        a.create_database(None).unwrap(),
+        b.create_database(None).unwrap(),
+    );
+    for (s, db) in [(&a, &db_a), (&b, &db_b)] {
+        s.psql(db, "CREATE TABLE ledger (id bigint PRIMARY KEY)")
+            .expect("table");
+    }
+    let m = from_vars(&[
+        ("DATABASE_URL", a.url(&db_a)),
+        ("DB_ENABLE_FAILOVER", "true".into()),
+        ("DB_FAILOVER_URL", b.url(&db_b)),
+        ("DB_POOL_MAX", "3".into()),
+        ("DB_POOL_MIN", "1".into()),
+        ("DB_FAILOVER_POOL_MAX", "2".into()),
+        ("DB_CONNECT_TIMEOUT", "1s".into()),
+        ("DB_ACQUIRE_TIMEOUT", "1s".into()),
+        ("DB_HEALTH_CHECK_INTERVAL", "1s".into()),
+        ("DB_APPLICATION_NAME", app_name("primary-down")),
+    ])
+    .await;
+    let insert = |id: i64| {
+        let m = m.clone();
+        async move { m.execute("INSERT INTO ledger VALUES ($1)", &[&id]).await }
+    };
+    insert(1).await.expect("on the primary");
+    blocking({
+        let a = Arc::clone(&a);
+        move || a.stop(StopMode::Fast).expect("stop")
+    })
+    .await;
+    let started = Instant::now();
+    insert(2).await.expect("retried on the failover pool");
+    let first = started.elapsed();
+    assert!(
+        !m.router().is_up(pgwarden::manager::route::PoolId::Primary),
+        "the failed connect marked the primary down"
+    );
+    let started = Instant::now();
+    for id in 3..6 {
+        insert(id).await.expect("straight to the failover pool");
+    }
+    let next = started.elapsed() / 3;
+    println!(
+        "primary down: the first write took {} ms (an acquire timeout on the primary, then the \
+         failover pool), the next ones {} ms each",
+        first.as_millis(),
+        next.as_millis()
+    );
+    assert!(
+        next < first,
+        "once known down, the primary is not tried first"
+    );
+    blocking({
+        let a = Arc::clone(&a);
+        move || a.start_again().expect("start")
+    })
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "the probe finds the primary",
+        || {
+            let up = m.router().is_up(pgwarden::manager::route::PoolId::Primary);
+            async move { up }
+        },
+    )
+    .await;
+    insert(6).await.expect("back on the primary");
+    let sql = "SELECT count(*) FROM ledger WHERE id = ANY($1)";
+    assert_eq!(count_on(&a, &db_a, sql, &[1, 6]).await, 2);
+    assert_eq!(count_on(&b, &db_b, sql, &[2, 3, 4, 5]).await, 4);
+    assert_eq!(count_on(&a, &db_a, sql, &[2, 3, 4, 5]).await, 0);
+    m.close(Duration::from_secs(5)).await;
+}
