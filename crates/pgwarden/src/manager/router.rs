@@ -230,6 +230,9 @@ impl Router {
             (true, None) => READ_ONLY,
             (false, None) => st.writable.load(Ordering::Relaxed),
         };
+        if up {
+            pool.retry_connects_now();
+        }
         let was_up = st.up.swap(up, Ordering::Relaxed);
         let was = st.writable.swap(writable, Ordering::Relaxed);
         if up && !was_up {

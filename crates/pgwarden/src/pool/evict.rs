@@ -1,5 +1,6 @@
-//! Evicting every connection at once, for a target whose role changed under them (a primary
-//! that came back read-only): idle ones are closed now, checked-out ones when they come back.
+//! Steering from outside the pool, for the router: evicting every connection at once (a target
+//! whose role changed under them: a primary that came back read-only), and ending a connect
+//! backoff once a probe proved the target reachable.
 
 use std::sync::atomic::Ordering;
 
@@ -34,5 +35,18 @@ impl<C: Connector> Pool<C> {
         tracing::info!(pool = %self.inner.opts.name, closed_idle = n, "evicted every connection");
         self.inner.notify_change();
         self.inner.wake_worker();
+    }
+
+    /// The target was just proved reachable (by the router's role probe): ends the connect
+    /// backoff so waiters and the idle minimum are served now rather than after up to 2 s.
+    /// The failure count stays, so a connect that still fails backs off further.
+    pub fn retry_connects_now(&self) {
+        let pending = {
+            let mut st = self.inner.lock();
+            st.retry_at.take().is_some()
+        };
+        if pending {
+            self.inner.wake_worker();
+        }
     }
 }
