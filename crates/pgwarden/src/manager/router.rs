@@ -167,6 +167,12 @@ impl Router {
         self.state(id).up.load(Ordering::Relaxed)
     }
 
+    /// The primary is down or refuses writes: the probe runs more often until it recovers.
+    pub fn primary_degraded(&self) -> bool {
+        let st = self.state(PoolId::Primary);
+        !st.up.load(Ordering::Relaxed) || st.writable() == Some(false)
+    }
+
     /// Records that a checkout on pool `id` reached (`true`) or could not reach its server.
     pub fn note_reachable(&self, id: PoolId, up: bool) {
         self.state(id).up.store(up, Ordering::Relaxed);

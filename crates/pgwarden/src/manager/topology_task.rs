@@ -1,5 +1,7 @@
 //! The periodic role probe, until the health checker takes it over: one task per manager that
 //! calls [`Router::refresh_topology`] every health-check interval and ends with the manager.
+//! While the primary is down or refuses writes it probes every [`DEGRADED_PERIOD`] instead, so
+//! a promoted standby takes writes soon after its promotion, not up to an interval later.
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -8,17 +10,18 @@ use tokio::task::JoinHandle;
 
 use super::Router;
 
+/// The probe period while the primary is down or read-only (when shorter than the interval).
+pub(crate) const DEGRADED_PERIOD: Duration = Duration::from_millis(250);
+
 /// Spawns the probe loop. It holds only a weak reference, so it ends when the manager is
 /// dropped, and stops probing once the primary pool is closed.
 pub(crate) fn spawn(router: Weak<Router>, interval: Duration) -> JoinHandle<()> {
     let interval = interval.max(Duration::from_secs(1));
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The first tick completes at once; the manager probes at start-up itself.
-        tick.tick().await;
+        // The manager probes at start-up itself.
+        let mut next = interval;
         loop {
-            tick.tick().await;
+            tokio::time::sleep(next).await;
             let Some(router) = router.upgrade() else {
                 return;
             };
@@ -26,6 +29,11 @@ pub(crate) fn spawn(router: Weak<Router>, interval: Duration) -> JoinHandle<()> 
                 return;
             }
             router.refresh_topology().await;
+            next = if router.primary_degraded() {
+                interval.min(DEGRADED_PERIOD)
+            } else {
+                interval
+            };
         }
     })
 }
