@@ -266,3 +266,7 @@ impl Router {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "router_tests.rs"]
+mod tests;
