@@ -538,3 +538,76 @@ async fn primary_down_writes_move_to_the_failover_server_and_back() {
     assert_eq!(count_on(&a, &db_a, sql, &[2, 3, 4, 5]).await, 0);
     m.close(Duration::from_secs(5)).await;
 }
+
+/// `.read_only()` calls may run on a standby; an unmarked call never does. The failover
+/// target is a streaming standby; the primary goes down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_primary_down_only_read_only_calls_run_on_the_standby() {
+    let primary = Arc::new(PgServer::start().expect("primary"));
+    let db = primary.create_database(None).expect("db");
+    primary
+        .psql(
+            &db,
+            "CREATE TABLE ledger (id bigint PRIMARY KEY); INSERT INTO ledger VALUES (1)",
+        )
+        .expect("table");
+    let standby = Arc::new(
+        blocking({
+            let p = Arc::clone(&primary);
+            move || p.start_replica().expect("replica")
+        })
+        .await,
+    );
+    let m = from_vars(&[
+        ("DATABASE_URL", primary.url(&db)),
+        ("DB_ENABLE_FAILOVER", "true".into()),
+        ("DB_FAILOVER_URL", standby.url(&db)),
+        ("DB_POOL_MAX", "2".into()),
+        ("DB_POOL_MIN", "1".into()),
+        ("DB_FAILOVER_POOL_MAX", "2".into()),
+        ("DB_CONNECT_TIMEOUT", "1s".into()),
+        ("DB_ACQUIRE_TIMEOUT", "1s".into()),
+        ("DB_RETRY_BUDGET", "2s".into()),
+        ("DB_APPLICATION_NAME", app_name("ro-standby")),
+    ])
+    .await;
+    use pgwarden::manager::route::PoolId;
+    assert_eq!(
+        m.router().writable(PoolId::Failover),
+        Some(false),
+        "a standby"
+    );
+    blocking({
+        let p = Arc::clone(&primary);
+        move || p.stop(StopMode::Fast).expect("stop")
+    })
+    .await;
+    let n: i64 = m
+        .query_one("SELECT count(*) FROM ledger", &[])
+        .read_only()
+        .await
+        .expect("a read on the standby")
+        .get(0);
+    assert_eq!(n, 1);
+    let e = m
+        .execute("INSERT INTO ledger VALUES (2)", &[])
+        .await
+        .expect_err("no read-write server");
+    assert_ne!(
+        e.code(),
+        Some("25006"),
+        "the write was never sent to the standby: {e}"
+    );
+    let e = m
+        .query_one("SELECT count(*) FROM ledger", &[])
+        .idempotent()
+        .await
+        .expect_err("idempotent is not read-only");
+    assert_ne!(e.code(), Some("25006"), "{e}");
+    assert_eq!(
+        m.failover_pool().unwrap().counters().acquired(),
+        1,
+        "only the read-only call used the standby"
+    );
+    m.close(Duration::from_secs(5)).await;
+}
