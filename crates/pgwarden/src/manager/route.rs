@@ -81,7 +81,8 @@ impl PoolView {
         self.in_use >= self.max
     }
 
-    fn serves(&self, marking: Marking) -> bool {
+    /// Whether it can serve a call marked `marking`.
+    pub fn serves(&self, marking: Marking) -> bool {
         self.up && (marking == Marking::ReadOnly || self.writable != Some(false))
     }
 }

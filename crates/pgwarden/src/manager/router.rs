@@ -167,6 +167,24 @@ impl Router {
         self.state(id).up.load(Ordering::Relaxed)
     }
 
+    /// Whether a pool other than `id` could serve a call marked `marking` (failover enabled,
+    /// its target up and, for a possible write, not known read-only): a retry after an
+    /// exhausted pool's timeout then has somewhere to go.
+    pub fn has_alternative(&self, id: PoolId, marking: Marking) -> bool {
+        let Some(failover) = &self.failover else {
+            return false;
+        };
+        let other = match id {
+            PoolId::Primary => PoolId::Failover,
+            PoolId::Failover => PoolId::Primary,
+        };
+        let pool = match other {
+            PoolId::Primary => &self.primary,
+            PoolId::Failover => failover,
+        };
+        self.state(other).view(pool).serves(marking)
+    }
+
     /// The primary is down or refuses writes: the probe runs more often until it recovers.
     pub fn primary_degraded(&self) -> bool {
         let st = self.state(PoolId::Primary);

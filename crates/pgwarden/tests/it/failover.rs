@@ -80,7 +80,7 @@ async fn overflow_engages_at_threshold_and_releases_below_it() {
     assert_eq!(in_use(&m), (5, 2));
     // Both full: the checkout waits and times out; neither pool exceeds its maximum.
     let e = m.get().await.expect_err("both pools full");
-    assert!(matches!(e, pgwarden::Error::AcquireTimeout { .. }), "{e}");
+    assert!(e.is_timeout(), "{e}");
     assert!(fo.status().size <= 2 && m.pool().status().size <= 5);
     // held: 4 primary, 2 failover, 1 primary. Return the last primary one and one failover
     // one: the primary is at 4/5 = 80%, between the release point (70%) and the threshold.

@@ -5,6 +5,7 @@
 //! their own.
 
 mod common;
+mod errors;
 mod failover;
 mod manager;
 mod pool_basic;
