@@ -461,15 +461,23 @@ async fn switchover_to_a_promoted_standby() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_down_writes_move_to_the_failover_server_and_back() {
     let a = Arc::new(PgServer::start().expect("primary"));
-    let b = Arc::new(PgServer::start().expect("failover server"));
-    let (db_a, db_b) = (
-        a.create_database(None).unwrap(),
-        b.create_database(None).unwrap(),
+    let db_a = a.create_database(None).unwrap();
+    a.psql(&db_a, "CREATE TABLE ledger (id bigint PRIMARY KEY)")
+        .expect("table");
+    // A second read-write server in the same harness slot (one slot per test: no test waits
+    // for a second slot while holding one): a replica, promoted at once.
+    let b = Arc::new(
+        blocking({
+            let a = Arc::clone(&a);
+            move || {
+                let b = a.start_replica().expect("replica");
+                b.promote().expect("promote");
+                b
+            }
+        })
+        .await,
     );
-    for (s, db) in [(&a, &db_a), (&b, &db_b)] {
-        s.psql(db, "CREATE TABLE ledger (id bigint PRIMARY KEY)")
-            .expect("table");
-    }
+    let db_b = db_a.clone();
     let m = from_vars(&[
         ("DATABASE_URL", a.url(&db_a)),
         ("DB_ENABLE_FAILOVER", "true".into()),
