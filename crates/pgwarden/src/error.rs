@@ -213,7 +213,7 @@ impl Error {
     /// could not be reached. False when retrying cannot help or is not safe — among them a
     /// `CALL` that failed with 40001 (it may have committed part of its work), a statement
     /// inside a transaction (the transaction reruns as a whole), and an acquire that timed out
-    /// on an exhausted pool (see [`crate::retry::acquire_verdict`]).
+    /// on an exhausted pool (see the retry module's `acquire_verdict`).
     ///
     /// After [`Error::RetriesExhausted`], the verdict on the last failure: a later call may
     /// succeed, the manager's budget ran out.

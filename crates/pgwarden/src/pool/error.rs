@@ -173,7 +173,7 @@ impl AcquireError {
     }
 
     /// True when another attempt on the same pool may succeed: see
-    /// [`crate::retry::acquire_verdict`] (not after a timeout on an exhausted pool, nor after a
+    /// the retry module's `acquire_verdict` (not after a timeout on an exhausted pool, nor after a
     /// permanent connect failure or a close).
     pub fn is_retryable(&self) -> bool {
         crate::retry::acquire_verdict(self, false) == crate::retry::Verdict::Retry
