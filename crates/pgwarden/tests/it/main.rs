@@ -5,6 +5,8 @@
 //! their own.
 
 mod common;
+mod config;
+mod conn_transaction;
 mod errors;
 mod failover;
 mod manager;
