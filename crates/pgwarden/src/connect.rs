@@ -11,6 +11,7 @@
 //! sees it.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +24,9 @@ use crate::pool::ConnectError;
 use crate::pool::{Connector, KillSwitch};
 use crate::statements::{CacheCounters, CacheStats, StatementCache};
 use crate::tls::{MakeRustls, TlsError};
+
+mod probe;
+pub use probe::{HostRole, Role};
 
 /// What is reset on a connection that was used in ways the pool cannot see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -88,6 +92,9 @@ pub struct PgConnector {
     tls: MakeRustls,
     opts: ConnectOptions,
     cache_counters: Arc<CacheCounters>,
+    /// The host tried first: the one the role probe last found read-write (see
+    /// [`PgConnector::prefer_host`]).
+    preferred: AtomicUsize,
 }
 
 impl std::fmt::Debug for PgConnector {
@@ -116,6 +123,7 @@ impl PgConnector {
             tls,
             opts,
             cache_counters: Arc::default(),
+            preferred: AtomicUsize::new(0),
         })
     }
 
@@ -134,6 +142,14 @@ impl PgConnector {
     /// The options.
     pub fn options(&self) -> &ConnectOptions {
         &self.opts
+    }
+
+    /// Makes host `index` the first one tried by later connects (the others follow in their
+    /// order), so a multi-host target follows its read-write host instead of sticking to the
+    /// first host listed. Returns the previous choice.
+    pub fn prefer_host(&self, index: usize) -> usize {
+        let index = index.min(self.hosts.len().saturating_sub(1));
+        self.preferred.swap(index, Ordering::Relaxed)
     }
 }
 
@@ -247,7 +263,9 @@ impl Connector for PgConnector {
 
     async fn connect(&self) -> Result<PgConn, ConnectError> {
         let mut last = None;
-        for h in &self.hosts {
+        let first = self.preferred.load(Ordering::Relaxed).min(self.hosts.len());
+        let (tail, head) = self.hosts.split_at(first);
+        for h in head.iter().chain(tail) {
             let attempt = tokio::time::timeout(
                 self.opts.connect_timeout,
                 h.config.connect(self.tls.clone()),

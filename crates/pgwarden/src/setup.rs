@@ -3,7 +3,7 @@
 use crate::config::{Config, ConfigError, DbTarget, PoolConfig, Problem};
 use crate::connect::{ConnectOptions, PgConnector};
 use crate::error::BuildError;
-use crate::manager::{ManagerOptions, PoolManager};
+use crate::manager::{FailoverOptions, ManagerOptions, PoolManager};
 use crate::pool::{Pool, PoolOptions};
 use crate::tls::TlsError;
 
@@ -75,7 +75,10 @@ impl PoolManager {
         Self::from_config(&config).await
     }
 
-    /// Builds the pool from a loaded configuration and prewarms it.
+    /// Builds the pools from a loaded configuration (the failover pool with
+    /// `DB_ENABLE_FAILOVER`), prewarms the primary, probes every target's role and starts the
+    /// periodic probe (`DB_HEALTH_CHECK_INTERVAL`). A failover target that cannot be reached
+    /// does not stop the manager: it is marked down, warned about once and probed again.
     ///
     /// # Errors
     /// [`BuildError::Config`] when `DATABASE_URL` is missing or the configuration is invalid,
@@ -88,7 +91,7 @@ impl PoolManager {
         if !idle.is_empty() {
             // Once per manager: the user expects these to do something, and they do not yet.
             tracing::warn!(
-                "settings with no effect yet (the failover pool and health checks are not built): {}",
+                "settings with no effect yet (health checks are not built): {}",
                 idle.join(", ")
             );
         }
@@ -104,7 +107,30 @@ impl PoolManager {
         };
         let connector = PgConnector::for_target(target, config).map_err(BuildError::Tls)?;
         let pool = Pool::new(connector, PoolOptions::from_config(&config.pool, "primary"));
+        let failover = match (config.failover.enabled, config.failover_target()) {
+            (true, Some(fo_target)) => {
+                let connector =
+                    PgConnector::for_target(fo_target, config).map_err(BuildError::Tls)?;
+                let mut opts = PoolOptions::from_config(&config.pool, "failover");
+                opts.max_size = config.failover.pool_max;
+                // Reserve capacity: opened when overflow or a failure needs it.
+                opts.min_idle = 0;
+                Some(FailoverOptions::new(
+                    Pool::new(connector, opts),
+                    config.failover_url.is_none(),
+                    config.failover.threshold_pct,
+                ))
+            }
+            _ => None,
+        };
         pool.prewarm().await.map_err(BuildError::Prewarm)?;
-        Ok(PoolManager::new(pool, ManagerOptions::from_config(config)))
+        let m = PoolManager::with_failover(
+            pool,
+            failover,
+            Some(config.health.interval),
+            ManagerOptions::from_config(config),
+        );
+        m.router().refresh_topology().await;
+        Ok(m)
     }
 }

@@ -49,16 +49,11 @@ pub use profile::*;
 pub use target::{DbTarget, TargetError};
 pub use tls::{Secret, SslMode};
 
-/// Settings that are parsed and validated but have no effect yet: the failover pool and the
-/// health checker are not built. `PoolManager::from_config` warns when the user sets one.
-/// Delete an entry when its feature lands.
-pub(crate) const NOT_YET_EFFECTIVE: &[&str] = &[
-    "DB_ENABLE_FAILOVER",
-    "DB_FAILOVER_URL",
-    "DB_FAILOVER_POOL_MAX",
-    "DB_FAILOVER_THRESHOLD",
-    "DB_HEALTH_CHECK_INTERVAL",
-];
+/// Settings that are parsed and validated but have no effect yet: the health checker is not
+/// built (the interval paces only the failover router's role probe so far).
+/// `PoolManager::from_config` warns when the user sets one. Delete an entry when its feature
+/// lands.
+pub(crate) const NOT_YET_EFFECTIVE: &[&str] = &["DB_HEALTH_CHECK_INTERVAL"];
 
 /// The whole pgwarden configuration. Build it with [`Config::from_env`],
 /// [`Config::from_vars`] or [`Config::for_profile`]; check code-made changes with

@@ -203,12 +203,11 @@ fn settings_without_effect_are_listed_only_when_the_user_set_them() {
         ("DB_POOL_MAX", "8"),
     ]);
     assert_eq!(c.set_but_not_yet_effective(), NOT_YET_EFFECTIVE.to_vec());
-    // Set to its default by the user still counts; a change made in code counts too.
-    let mut c = load(&[("DB_HEALTH_CHECK_INTERVAL", "60s")]);
-    assert_eq!(c.set_but_not_yet_effective(), ["DB_HEALTH_CHECK_INTERVAL"]);
+    // The failover settings have effect: never listed, even when set in code.
+    let mut c = load(&[("DB_FAILOVER_THRESHOLD", "70")]);
     c.failover.threshold_pct = 90;
-    assert_eq!(
-        c.set_but_not_yet_effective(),
-        ["DB_FAILOVER_THRESHOLD", "DB_HEALTH_CHECK_INTERVAL"]
-    );
+    assert!(c.set_but_not_yet_effective().is_empty());
+    // Set to its default by the user still counts.
+    let c = load(&[("DB_HEALTH_CHECK_INTERVAL", "60s")]);
+    assert_eq!(c.set_but_not_yet_effective(), ["DB_HEALTH_CHECK_INTERVAL"]);
 }

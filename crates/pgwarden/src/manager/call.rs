@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
+use super::route::{Marking, PoolId};
 use super::{ManagerOptions, PoolManager};
 use crate::conn::PgConn;
 use crate::error::Error;
@@ -92,16 +93,17 @@ impl Op for Exec {
     }
 }
 
-/// A statement call; `.await` it. By default it is treated as a possible write: it is retried
-/// only when it provably did not run. Mark it [`Call::idempotent`] when running it twice is
-/// harmless (reads, upserts keyed by a client id …) and it is also retried after a lost
-/// connection.
+/// A statement call; `.await` it. By default it is treated as a possible write: it runs only on
+/// a read-write server and is retried only when it provably did not run. Mark it
+/// [`Call::idempotent`] when running it twice is harmless (reads, upserts keyed by a client id
+/// …) and it is also retried after a lost connection; mark it [`Call::read_only`] when a
+/// standby may serve it.
 #[must_use = "a call does nothing until it is awaited"]
 pub struct Call<'a, O: Op> {
     db: &'a PoolManager,
     sql: &'a str,
     params: Params<'a>,
-    idempotent: bool,
+    marking: Marking,
     _op: PhantomData<O>,
 }
 
@@ -111,14 +113,24 @@ impl<'a, O: Op> Call<'a, O> {
             db,
             sql,
             params,
-            idempotent: false,
+            marking: Marking::Write,
             _op: PhantomData,
         }
     }
 
     /// The call may run twice: retry it after a lost connection too.
     pub fn idempotent(mut self) -> Self {
-        self.idempotent = true;
+        if self.marking == Marking::Write {
+            self.marking = Marking::Idempotent;
+        }
+        self
+    }
+
+    /// The call only reads: a standby may serve it (the failover pool's target even when it is
+    /// read-only), and it is idempotent. A call marked so that writes fails on a standby with
+    /// 25006 and is not rerun elsewhere.
+    pub fn read_only(mut self) -> Self {
+        self.marking = Marking::ReadOnly;
         self
     }
 }
@@ -128,7 +140,7 @@ impl<'a, O: Op> IntoFuture for Call<'a, O> {
     type IntoFuture = Pin<Box<dyn Future<Output = Result<O::Out, Error>> + Send + 'a>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(run::<O>(self.db, self.sql, self.params, self.idempotent))
+        Box::pin(run::<O>(self.db, self.sql, self.params, self.marking))
     }
 }
 
@@ -156,6 +168,11 @@ impl<'a> Retrying<'a> {
         }
     }
 
+    /// The next attempt's number: 1 for the first.
+    pub(super) fn attempt(&self) -> u32 {
+        self.clock.retries() + 1
+    }
+
     /// The acquire deadline of the next attempt: the acquire timeout, cut to the budget.
     pub(super) fn deadline(&mut self) -> Instant {
         // A clock read costs ~45 ns on a VM; the first attempt starts as the call does.
@@ -164,7 +181,7 @@ impl<'a> Retrying<'a> {
         } else {
             Instant::now()
         };
-        let deadline = now + self.db.inner.primary.options().acquire_timeout;
+        let deadline = now + self.db.pool().options().acquire_timeout;
         match self.clock.budget_end() {
             Some(end) => deadline.min(end),
             None => deadline,
@@ -207,11 +224,12 @@ async fn run<O: Op>(
     db: &PoolManager,
     sql: &str,
     params: Params<'_>,
-    idempotent: bool,
+    marking: Marking,
 ) -> Result<O::Out, Error> {
     let mut retrying = Retrying::new(db, sql);
     loop {
-        let outcome = attempt::<O>(db, sql, params, idempotent, retrying.deadline()).await;
+        let (n, deadline) = (retrying.attempt(), retrying.deadline());
+        let outcome = attempt::<O>(db, sql, params, marking, n, deadline).await;
         if let Some(result) = retrying.next(outcome).await {
             return result;
         }
@@ -220,30 +238,63 @@ async fn run<O: Op>(
 
 pub(super) type AttemptResult<T> = Result<T, (Error, Verdict)>;
 
-/// A connection for one attempt; failing to get one is worth another attempt only when
-/// waiting may help (see [`acquire_verdict`]: not for a pool that was exhausted the whole
-/// time).
+/// A connection for attempt `n` from the pool the router picks; failing to get one is worth
+/// another attempt only when waiting may help (see [`acquire_verdict`]): a pool exhausted the
+/// whole time is retried only when the router has another pool that can serve the call.
 pub(super) async fn checkout(
     db: &PoolManager,
     deadline: Instant,
-) -> Result<PooledConnection<PgConnector>, (Error, Verdict)> {
-    db.inner.primary.get_until(deadline).await.map_err(|e| {
-        // No other pool yet: the failover router will answer "is there another pool to
-        // try?" here and move the retry of an exhausted pool there.
-        let v = acquire_verdict(&e, false);
-        (Error::Acquire(e), v)
-    })
+    n: u32,
+    marking: Marking,
+) -> Result<(PooledConnection<PgConnector>, PoolId), (Error, Verdict)> {
+    let router = &db.inner.router;
+    let id = router.pick(n, marking);
+    match router.pool(id).get_until(deadline).await {
+        Ok(conn) => {
+            router.note_reachable(id, true);
+            Ok((conn, id))
+        }
+        Err(e) => {
+            if e.connect_error().is_some() {
+                router.note_reachable(id, false);
+            }
+            let v = acquire_verdict(&e, router.has_alternative(id, marking));
+            Err((Error::Acquire(e), v))
+        }
+    }
 }
+
+/// 25006: a write refused by a read-only server (a standby, or a primary with read-only
+/// sessions). Nothing ran. When the call may run on a read-write server, the router evicts
+/// that target's connections and re-checks roles, and the call is retried there.
+pub(super) async fn refused_as_read_only(
+    db: &PoolManager,
+    id: PoolId,
+    marking: Marking,
+    e: &Error,
+) -> bool {
+    if e.code() != Some(READ_ONLY_SQL_TRANSACTION) || marking == Marking::ReadOnly {
+        return false;
+    }
+    // Boxed: rare, and the probe's future would otherwise weigh on every call's future.
+    Box::pin(db.inner.router.on_read_only(id)).await;
+    true
+}
+
+/// SQLSTATE 25006 read_only_sql_transaction.
+pub(super) const READ_ONLY_SQL_TRANSACTION: &str = "25006";
 
 /// One attempt: a connection, the statement under the query timeout, and the verdict.
 async fn attempt<O: Op>(
     db: &PoolManager,
     sql: &str,
     params: Params<'_>,
-    idempotent: bool,
+    marking: Marking,
+    n: u32,
     deadline: Instant,
 ) -> AttemptResult<O::Out> {
-    let conn = checkout(db, deadline).await?;
+    let (conn, id) = checkout(db, deadline, n, marking).await?;
+    let idempotent = marking.idempotent();
     let started = Instant::now();
     let (result, discard) = {
         // Pinned here, not moved into `bounded`: the statement's future is stored once.
@@ -257,7 +308,10 @@ async fn attempt<O: Op>(
     if discard {
         PooledConnection::discard(conn);
     }
-    result
+    match result {
+        Err((e, _)) if refused_as_read_only(db, id, marking, &e).await => Err((e, Verdict::Retry)),
+        r => r,
+    }
 }
 
 /// What a statement is, for classifying its failure.
@@ -408,7 +462,7 @@ mod tests {
             crate::Pool::new(connector, crate::PoolOptions::sized(1, 0)),
             super::ManagerOptions::default(),
         );
-        let call = super::run::<super::One>(&db, "SELECT 1", &[], false);
+        let call = super::run::<super::One>(&db, "SELECT 1", &[], super::Marking::Write);
         assert!(
             size_of_val(&call) <= 3 * 1024,
             "call future: {} bytes",

@@ -6,9 +6,10 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use super::route::FailoverStats;
 use super::ManagerOptions;
 use crate::error::Error;
-use crate::pool::{ClosedCounters, Status};
+use crate::pool::{ClosedCounters, PoolCounters, Status};
 use crate::statements::CacheStats;
 
 pub(crate) struct QueryStats {
@@ -183,4 +184,36 @@ pub struct Snapshot {
     pub connections: ConnectionCounters,
     /// Statement cache, all connections together.
     pub statement_cache: CacheStats,
+    /// Overflow to the failover pool: `active`, `activations`, `active_ms`.
+    pub failover: FailoverStats,
+}
+
+/// Both pools' counters as one (the snapshot's `connections` covers every pool).
+pub(crate) fn merge_counters(mut a: PoolCounters, b: &PoolCounters) -> PoolCounters {
+    a.acquires_direct += b.acquires_direct;
+    a.acquires_waited += b.acquires_waited;
+    a.acquires_timed_out += b.acquires_timed_out;
+    a.acquires_cancelled += b.acquires_cancelled;
+    a.acquires_failed += b.acquires_failed;
+    a.reused += b.reused;
+    a.wait_ms_total += b.wait_ms_total;
+    a.opened += b.opened;
+    a.connect_failures += b.connect_failures;
+    a.resets += b.resets;
+    let (c, d) = (&mut a.closed, &b.closed);
+    c.idle += d.idle;
+    c.lifetime += d.lifetime;
+    c.broken += d.broken;
+    c.failed_validation += d.failed_validation;
+    c.dirty += d.dirty;
+    c.shutdown += d.shutdown;
+    a
+}
+
+/// Both pools' statement caches as one.
+pub(crate) fn merge_cache(mut a: CacheStats, b: &CacheStats) -> CacheStats {
+    a.hits += b.hits;
+    a.misses += b.misses;
+    a.evictions += b.evictions;
+    a
 }

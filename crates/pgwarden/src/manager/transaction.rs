@@ -8,7 +8,8 @@ use std::sync::Mutex;
 use tokio::time::Instant;
 use tokio_postgres::Row;
 
-use super::call::{bounded, checkout, Ctx, Params, Retrying};
+use super::call::{bounded, checkout, refused_as_read_only, Ctx, Params, Retrying};
+use super::route::Marking;
 use super::{ManagerOptions, PoolManager};
 use crate::conn::PgConn;
 use crate::error::Error;
@@ -156,18 +157,25 @@ impl PoolManager {
     {
         let mut retrying = Retrying::new(self, "transaction");
         loop {
-            let outcome = self.tx_attempt(&mut body, retrying.deadline()).await;
+            let (n, deadline) = (retrying.attempt(), retrying.deadline());
+            let outcome = self.tx_attempt(&mut body, n, deadline).await;
             if let Some(result) = retrying.next(outcome).await {
                 return result;
             }
         }
     }
 
-    async fn tx_attempt<T, F>(&self, body: &mut F, deadline: Instant) -> Result<T, (Error, Verdict)>
+    async fn tx_attempt<T, F>(
+        &self,
+        body: &mut F,
+        n: u32,
+        deadline: Instant,
+    ) -> Result<T, (Error, Verdict)>
     where
         F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T>,
     {
-        let conn = checkout(self, deadline).await?;
+        // A transaction may write: only a read-write server serves it.
+        let (conn, id) = checkout(self, deadline, n, Marking::Write).await?;
         // Nothing has run before BEGIN is answered: any failure of it may be retried.
         conn.begin().await.map_err(|pg| {
             let v = classify(&pg, true, false, false);
@@ -252,7 +260,16 @@ impl PoolManager {
         };
         if discard {
             PooledConnection::discard(conn);
+        } else {
+            drop(conn);
         }
-        result
+        match result {
+            // Refused as read-only: the transaction rolled back, so the whole body reruns on
+            // the read-write server, as after a serialization failure.
+            Err((e, _)) if refused_as_read_only(self, id, Marking::Write, &e).await => {
+                Err((e, Verdict::Retry))
+            }
+            r => r,
+        }
     }
 }

@@ -296,7 +296,7 @@ async fn check<C: Connector>(
     deadline: Instant,
 ) -> Option<CloseReason> {
     let slot = guard.slot();
-    if now >= slot.expires {
+    if now >= slot.expires || inner.evicted(slot) {
         return Some(CloseReason::Lifetime);
     }
     if inner.connector.is_closed(&slot.conn) {

@@ -16,6 +16,7 @@
 
 mod counters;
 mod error;
+mod evict;
 mod guard;
 mod state;
 mod worker;
@@ -247,6 +248,8 @@ pub(crate) struct Inner<C: Connector> {
     wake: Arc<Notify>,
     /// Signalled when a connection opens, a connect fails, or the size shrinks (`prewarm`, `close`).
     changed: Notify,
+    /// Connections with a lower id are closed instead of reused (see [`Pool::evict_all`]).
+    pub(crate) evict_below: std::sync::atomic::AtomicU64,
 }
 
 impl<C: Connector> Drop for Inner<C> {
@@ -286,6 +289,7 @@ impl<C: Connector> Pool<C> {
             counters: Counters::default(),
             wake: Arc::clone(&wake),
             changed: Notify::new(),
+            evict_below: std::sync::atomic::AtomicU64::new(0),
         });
         tokio::spawn(worker::run(Arc::downgrade(&inner), wake));
         Self { inner }

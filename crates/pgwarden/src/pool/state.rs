@@ -98,6 +98,11 @@ impl<T> State<T> {
         id
     }
 
+    /// The id the next connection will get.
+    pub(crate) fn peek_next_id(&self) -> u64 {
+        self.next_id
+    }
+
     pub(crate) fn status(&self, max: u32) -> Status {
         Status {
             max,
@@ -237,7 +242,7 @@ impl<C: Connector> Inner<C> {
             drop(st);
             self.wake_worker();
             return;
-        } else if now >= slot.expires {
+        } else if now >= slot.expires || self.evicted(&slot) {
             Some(CloseReason::Lifetime)
         } else {
             None

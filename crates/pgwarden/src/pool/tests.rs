@@ -810,3 +810,28 @@ async fn each_waiter_times_out_at_its_own_deadline() {
     drop(pool.get().await.unwrap());
     assert_consistent(&pool, &fake).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn evict_all_closes_idle_now_and_checked_out_on_return() {
+    let fake = Fake::default();
+    let pool = Pool::new(fake.clone(), opts(3, 0));
+    let held = pool.get().await.unwrap();
+    let idle = pool.get().await.unwrap();
+    let (held_id, idle_id) = (held.id, idle.id);
+    drop(idle);
+    pool.evict_all();
+    assert_eq!(pool.status().idle, 0, "the idle one closed at once");
+    assert_eq!(pool.status().size, 1, "the checked-out one still open");
+    drop(held);
+    assert_eq!(pool.status().size, 0, "closed on return, not reused");
+    let fresh = pool.get().await.unwrap();
+    assert!(fresh.id != held_id && fresh.id != idle_id);
+    drop(fresh);
+    let again = pool.get().await.unwrap();
+    assert!(
+        PooledConnection::was_reused(&again),
+        "later connections are reused"
+    );
+    drop(again);
+    assert_consistent(&pool, &fake).await;
+}

@@ -221,7 +221,7 @@ async fn reset_one<C: Connector>(inner: Arc<Inner<C>>, slot: Box<Slot<C::Conn>>)
     drop(guard);
 
     let mut st = inner.lock();
-    if ok && !st.closed && Instant::now() < slot.expires {
+    if ok && !st.closed && Instant::now() < slot.expires && !inner.evicted(&slot) {
         Counters::inc(&inner.counters.resets);
         let mut slot = slot;
         slot.used = true;

@@ -8,6 +8,7 @@ mod common;
 mod config;
 mod conn_transaction;
 mod errors;
+mod failover;
 mod manager;
 mod pool_basic;
 mod pool_clean;
