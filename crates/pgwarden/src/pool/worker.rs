@@ -41,13 +41,18 @@ fn maintain<C: Connector>(inner: &Arc<Inner<C>>) -> Duration {
             let dirty = std::mem::take(&mut st.dirty);
             (0, dirty, doomed, MAX_NAP)
         } else {
-            // Reap: expired connections, then idle ones above the minimum, least recently used
-            // first (they sit at the front of the idle stack).
+            // Reap: expired connections and idle ones whose server went away (a terminated
+            // backend: the client already knows, so the pool's count stays truthful and the
+            // minimum is refilled without waiting for a checkout to find it), then idle ones
+            // above the minimum, least recently used first (the front of the idle stack).
             let mut i = 0;
             while i < st.idle.len() {
                 if now >= st.idle[i].expires {
                     let slot = st.idle.remove(i);
                     retired.push(inner.retire(&mut st, slot, CloseReason::Lifetime));
+                } else if inner.connector.is_closed(&st.idle[i].conn) {
+                    let slot = st.idle.remove(i);
+                    retired.push(inner.retire(&mut st, slot, CloseReason::Broken));
                 } else {
                     i += 1;
                 }
