@@ -3,6 +3,8 @@
 
 use serde::Serialize;
 
+pub use crate::config::HealthThresholds;
+
 /// A health grade. Ordered: `Good < Warning < Critical`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -56,53 +58,6 @@ impl Metric {
             Self::P95Ms => "p95_ms",
             Self::SuccessRatePct => "success_rate_pct",
             Self::SlowPerMin => "slow_per_min",
-        }
-    }
-}
-
-/// Where the grades change. Defaults are the brief's table; each can be overridden.
-///
-/// For figures where more is worse, a value at or above `*_warning` is a warning and one above
-/// `*_critical` is critical (utilization: at or above). For the success rate, below
-/// `success_rate_warning_pct` is a warning and below `success_rate_critical_pct` critical.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[non_exhaustive]
-pub struct HealthThresholds {
-    /// Default: 60 %.
-    pub utilization_warning_pct: f64,
-    /// Critical at or above. Default: 80 %.
-    pub utilization_critical_pct: f64,
-    /// Default: 50 ms.
-    pub avg_warning_ms: f64,
-    /// Critical above. Default: 100 ms.
-    pub avg_critical_ms: f64,
-    /// Default: 80 ms.
-    pub p95_warning_ms: f64,
-    /// Critical above. Default: 150 ms.
-    pub p95_critical_ms: f64,
-    /// Good above, warning at or below. Default: 99 %.
-    pub success_rate_warning_pct: f64,
-    /// Critical below. Default: 95 %.
-    pub success_rate_critical_pct: f64,
-    /// Default: 5 per minute.
-    pub slow_warning_per_min: f64,
-    /// Critical above. Default: 20 per minute.
-    pub slow_critical_per_min: f64,
-}
-
-impl Default for HealthThresholds {
-    fn default() -> Self {
-        Self {
-            utilization_warning_pct: 60.0,
-            utilization_critical_pct: 80.0,
-            avg_warning_ms: 50.0,
-            avg_critical_ms: 100.0,
-            p95_warning_ms: 80.0,
-            p95_critical_ms: 150.0,
-            success_rate_warning_pct: 99.0,
-            success_rate_critical_pct: 95.0,
-            slow_warning_per_min: 5.0,
-            slow_critical_per_min: 20.0,
         }
     }
 }
@@ -177,7 +132,12 @@ fn higher_is_worse(v: f64, warning: f64, critical: f64, critical_inclusive: bool
     }
 }
 
-/// Grades `w` against `t`.
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Grades `w` against `t` (the configuration's thresholds, DESIGN.md's table by default):
+/// the overall grade is the worst figure's.
 pub fn grade(w: &HealthWindow, t: &HealthThresholds) -> HealthSnapshot {
     let grades = MetricGrades {
         utilization_pct: higher_is_worse(
@@ -186,8 +146,13 @@ pub fn grade(w: &HealthWindow, t: &HealthThresholds) -> HealthSnapshot {
             t.utilization_critical_pct,
             true,
         ),
-        avg_ms: higher_is_worse(w.avg_ms, t.avg_warning_ms, t.avg_critical_ms, false),
-        p95_ms: higher_is_worse(w.p95_ms, t.p95_warning_ms, t.p95_critical_ms, false),
+        avg_ms: higher_is_worse(
+            w.avg_ms,
+            ms(t.avg_query_warning),
+            ms(t.avg_query_critical),
+            false,
+        ),
+        p95_ms: higher_is_worse(w.p95_ms, ms(t.p95_warning), ms(t.p95_critical), false),
         success_rate_pct: if w.success_rate_pct < t.success_rate_critical_pct {
             Grade::Critical
         } else if w.success_rate_pct <= t.success_rate_warning_pct {
@@ -197,8 +162,8 @@ pub fn grade(w: &HealthWindow, t: &HealthThresholds) -> HealthSnapshot {
         },
         slow_per_min: higher_is_worse(
             w.slow_per_min,
-            t.slow_warning_per_min,
-            t.slow_critical_per_min,
+            t.slow_per_min_warning,
+            t.slow_per_min_critical,
             false,
         ),
     };
@@ -303,8 +268,8 @@ mod tests {
     #[test]
     fn thresholds_can_be_overridden() {
         let t = HealthThresholds {
-            p95_warning_ms: 500.0,
-            p95_critical_ms: 1000.0,
+            p95_warning: std::time::Duration::from_millis(500),
+            p95_critical: std::time::Duration::from_secs(1),
             ..HealthThresholds::default()
         };
         let mut w = quiet();
