@@ -40,6 +40,8 @@ impl ManagerOptions {
             slow_query_threshold: config.query.slow_query_threshold,
             retry_attempts: config.retry.attempts,
             retry_budget: config.retry.budget,
+            health_check_interval: Some(config.health.interval),
+            health_thresholds: config.health.thresholds.clone(),
             ..ManagerOptions::default()
         }
     }

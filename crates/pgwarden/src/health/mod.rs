@@ -1,6 +1,10 @@
 //! Health grades: each figure of the last minute against its thresholds, the overall grade the
 //! worst of them.
 
+pub(crate) mod checker;
+
+pub use checker::{HealthCheck, Ping};
+
 use serde::Serialize;
 
 pub use crate::config::HealthThresholds;

@@ -173,7 +173,7 @@ impl<'a> Retrying<'a> {
             Ok(v) => Ok(v),
             Err((e, Verdict::Retry)) => match self.clock.next_delay(Instant::now()) {
                 Some(delay) => {
-                    self.db.inner.stats.retry();
+                    self.db.inner.stats.retry(&e);
                     tracing::debug!(call = self.what, error = %e, delay_ms = delay.as_millis() as u64, "retrying");
                     tokio::time::sleep(delay).await;
                     return None;
@@ -217,7 +217,10 @@ pub(super) async fn checkout(
     db: &PoolManager,
     deadline: Instant,
 ) -> Result<PooledConnection<PgConnector>, (Error, Verdict)> {
-    db.inner.primary.get_until(deadline).await.map_err(|e| {
+    let started = Instant::now();
+    let got = db.inner.primary.get_until(deadline).await;
+    db.inner.stats.acquire(0, started.elapsed());
+    got.map_err(|e| {
         let v = if e.is_transient() {
             Verdict::Retry
         } else {

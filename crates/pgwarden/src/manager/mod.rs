@@ -6,20 +6,23 @@ mod call;
 mod stats;
 mod transaction;
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 pub use call::{Call, Exec, One, Op, Opt, Params, Rows};
-pub use stats::{ConnectionCounters, PoolSnapshot, QueryCounters, Snapshot};
 pub use transaction::{Tx, TxFuture};
 
+pub use crate::metrics::{ConnectionCounters, PoolSnapshot, QueryCounters, Snapshot};
+
+use crate::config::HealthThresholds;
 use crate::connect::PgConnector;
 use crate::error::Error;
+use crate::metrics::{FailoverSnapshot, PoolInput};
 use crate::pool::{Pool, PooledConnection};
 use stats::QueryStats;
 
 /// Time limits and retry policy of the query path. `Default` gives the profiles' values.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct ManagerOptions {
     /// One statement's execution; on expiry the server is sent a CancelRequest. Default: 30 s.
@@ -33,6 +36,11 @@ pub struct ManagerOptions {
     /// After a query timeout: bound on the cancel request, then on the statement ending.
     /// Default: 2 s.
     pub cancel_grace: Duration,
+    /// `DB_HEALTH_CHECK_INTERVAL`: the health checker's period (at least 1 s); `None` runs no
+    /// checker. Default: 60 s (the development profile).
+    pub health_check_interval: Option<Duration>,
+    /// Where the health grades change. Default: DESIGN.md's table.
+    pub health_thresholds: HealthThresholds,
 }
 
 impl Default for ManagerOptions {
@@ -43,6 +51,11 @@ impl Default for ManagerOptions {
             retry_attempts: 3,
             retry_budget: Duration::from_secs(5),
             cancel_grace: Duration::from_secs(2),
+            health_check_interval: Some(
+                crate::config::HealthConfig::for_profile(crate::config::Profile::Development)
+                    .interval,
+            ),
+            health_thresholds: HealthThresholds::default(),
         }
     }
 }
@@ -51,6 +64,27 @@ struct Shared {
     primary: Pool<PgConnector>,
     opts: ManagerOptions,
     stats: QueryStats,
+    /// The health checker, aborted with the manager.
+    checker: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(h) = self.checker.get_mut().ok().and_then(Option::take) {
+            h.abort();
+        }
+    }
+}
+
+/// A manager that does not keep it alive (for background tasks).
+#[derive(Clone)]
+pub(crate) struct WeakManager(Weak<Shared>);
+
+impl WeakManager {
+    /// The manager, if it still exists.
+    pub(crate) fn upgrade(&self) -> Option<PoolManager> {
+        self.0.upgrade().map(|inner| PoolManager { inner })
+    }
 }
 
 /// The pool manager. Cheap to clone: clones share everything.
@@ -69,15 +103,40 @@ impl std::fmt::Debug for PoolManager {
 }
 
 impl PoolManager {
-    /// A manager over `primary`.
+    /// A manager over `primary`. Starts the health checker (see
+    /// [`ManagerOptions::health_check_interval`]), so it must be called inside a Tokio runtime.
     pub fn new(primary: Pool<PgConnector>, opts: ManagerOptions) -> Self {
-        Self {
+        let interval = opts.health_check_interval;
+        let db = Self {
             inner: Arc::new(Shared {
                 primary,
                 opts,
-                stats: QueryStats::new(),
+                stats: QueryStats::new(1),
+                checker: std::sync::Mutex::new(None),
             }),
+        };
+        if let Some(interval) = interval {
+            let handle = crate::health::checker::spawn(db.downgrade(), interval);
+            *db.inner.checker.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
         }
+        db
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakManager {
+        WeakManager(Arc::downgrade(&self.inner))
+    }
+
+    /// True once [`PoolManager::close`] was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.inner.primary.is_closed()
+    }
+
+    /// The pools the health checker pings, by name.
+    pub(crate) fn health_targets(&self) -> Vec<(String, &Pool<PgConnector>)> {
+        vec![(
+            self.inner.primary.options().name.clone(),
+            &self.inner.primary,
+        )]
     }
 
     /// Every row of a statement. Treated as a possible write unless marked
@@ -107,7 +166,10 @@ impl PoolManager {
     /// # Errors
     /// As [`Pool::get`].
     pub async fn get(&self) -> Result<PooledConnection<PgConnector>, Error> {
-        self.inner.primary.get().await
+        let started = tokio::time::Instant::now();
+        let got = self.inner.primary.get().await;
+        self.inner.stats.acquire(0, started.elapsed());
+        got
     }
 
     /// The primary pool.
@@ -120,52 +182,93 @@ impl PoolManager {
         &self.inner.opts
     }
 
-    /// Shuts down: see [`Pool::close`].
+    /// Shuts down: see [`Pool::close`]. The health checker stops.
     pub async fn close(&self, grace: Duration) {
+        if let Some(h) = self
+            .inner
+            .checker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            h.abort();
+        }
         self.inner.primary.close(grace).await;
     }
 
-    /// The metrics at this moment.
-    pub fn metrics(&self) -> Snapshot {
+    /// What the snapshot and the Prometheus text are built from; samples the utilization
+    /// for the health window.
+    fn inputs(&self) -> (Vec<PoolInput>, crate::metrics::Figures) {
         let pool = &self.inner.primary;
-        let k = pool.counters();
-        let mut pools = std::collections::BTreeMap::new();
-        pools.insert(pool.options().name.clone(), pool.status().into());
-        Snapshot {
-            pools,
-            queries: self.inner.stats.snapshot(),
-            connections: ConnectionCounters {
-                opened: k.opened,
-                reuse_rate_pct: k.reuse_rate_pct(),
-                closed: k.closed,
-            },
-            statement_cache: pool.connector().cache_stats(),
-        }
+        let s = pool.status();
+        let pools = vec![PoolInput {
+            name: pool.options().name.clone(),
+            max: s.max,
+            total: s.size,
+            active: s.in_use,
+            idle: s.idle,
+            waiting: s.waiting,
+            serves_checkouts: true,
+            counters: pool.counters(),
+            cache: pool.connector().cache_stats(),
+        }];
+        let now = tokio::time::Instant::now();
+        let rec = &self.inner.stats.recorder;
+        rec.sample_utilization(now, crate::metrics::checkout_utilization_pct(&pools));
+        (pools, rec.figures(now))
     }
 
-    /// A short human-readable status block.
+    /// The metrics at this moment (see [`Snapshot`]; serialize it for dashboards).
+    pub fn metrics(&self) -> Snapshot {
+        let (pools, fig) = self.inputs();
+        crate::metrics::build(
+            &pools,
+            &fig,
+            FailoverSnapshot::default(),
+            &self.inner.opts.health_thresholds,
+        )
+    }
+
+    /// The status block:
+    ///
+    /// ```text
+    /// Pool Health: GOOD
+    ///    Active: 8/100 (8%)
+    ///    Idle: 92
+    ///    Query Time: 45ms avg (p95 80ms, p99 120ms)
+    ///    Slow: 0 queries in the last minute
+    ///    Failover: INACTIVE
+    /// ```
+    ///
+    /// Query time and slow queries are the last minute's, as graded.
     pub fn status(&self) -> String {
-        let m = self.metrics();
-        let q = &m.queries;
-        let mut out = String::new();
-        for (name, p) in &m.pools {
-            out.push_str(&format!(
-                "Pool {name}: active {}/{} ({:.0}%), idle {}, waiting {}\n",
-                p.active, p.max, p.utilization_pct, p.idle, p.waiting
-            ));
-        }
-        out.push_str(&format!(
-            "Queries: {} ({:.2}% ok), {:.1} ms avg, {:.1} ms max, {} slow, {} retries, {} outcome unknown\n",
-            q.total, q.success_rate_pct, q.avg_ms, q.max_ms, q.slow, q.retries, q.outcome_unknown
-        ));
-        out.push_str(&format!(
-            "Connections: {} opened, reuse {:.1}%; statement cache {} hits / {} misses / {} evictions",
-            m.connections.opened,
-            m.connections.reuse_rate_pct,
-            m.statement_cache.hits,
-            m.statement_cache.misses,
-            m.statement_cache.evictions
-        ));
-        out
+        crate::metrics::status_text(&self.metrics())
+    }
+
+    /// The metrics in the Prometheus text format (content type
+    /// [`crate::metrics::PROMETHEUS_CONTENT_TYPE`]), names as in DESIGN.md.
+    pub fn prometheus(&self) -> String {
+        let (pools, fig) = self.inputs();
+        let snapshot = crate::metrics::build(
+            &pools,
+            &fig,
+            FailoverSnapshot::default(),
+            &self.inner.opts.health_thresholds,
+        );
+        let names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+        crate::metrics::prometheus_text(&snapshot, &fig, &names)
+    }
+
+    /// Runs one health check now, as the background checker does every
+    /// `DB_HEALTH_CHECK_INTERVAL`: pings each pool (acquire + `SELECT 1`, bounded) and logs the
+    /// status block (INFO when good, WARN on a warning, ERROR when critical).
+    pub async fn check_health(&self) -> crate::health::HealthCheck {
+        crate::health::checker::tick(self).await
+    }
+
+    /// Turns the recording of metrics on (the default) or off. Off, the figures stop moving;
+    /// it exists to measure what recording costs.
+    pub fn set_metrics_recording(&self, on: bool) {
+        self.inner.stats.recorder.set_enabled(on);
     }
 }
