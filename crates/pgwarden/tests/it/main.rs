@@ -6,6 +6,7 @@
 
 mod common;
 mod manager;
+mod metrics;
 mod pool_basic;
 mod pool_clean;
 mod pool_faults;
