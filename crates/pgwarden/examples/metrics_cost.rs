@@ -19,6 +19,21 @@ use pgwarden_testdb::PgServer;
 
 type AnyErr = Box<dyn std::error::Error + Send + Sync>;
 
+/// CPU time this process has used (user + system), from /proc (Linux; 0 elsewhere).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) end with ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name; in clock
+    // ticks (100 per second on Linux).
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -65,26 +80,43 @@ async fn run(url: &str, rounds: usize, window: Duration) -> Result<(), AnyErr> {
         .collect();
     tokio::time::sleep(Duration::from_secs(1)).await; // warm-up
     let (mut on, mut off) = (Vec::new(), Vec::new());
+    let (mut cpu_on, mut cpu_off) = (Vec::new(), Vec::new());
     for r in 0..rounds * 2 {
         // ABBA: on, off, off, on, on, off, …
         let recording = matches!(r % 4, 0 | 3);
         db.set_metrics_recording(recording);
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let (n0, t0) = (done.load(Relaxed), Instant::now());
+        let (n0, t0, c0) = (done.load(Relaxed), Instant::now(), cpu_time());
         tokio::time::sleep(window).await;
-        let qps = (done.load(Relaxed) - n0) as f64 / t0.elapsed().as_secs_f64();
+        let n = done.load(Relaxed) - n0;
+        let qps = n as f64 / t0.elapsed().as_secs_f64();
+        let cpu_us = (cpu_time() - c0).as_secs_f64() * 1e6 / n.max(1) as f64;
         println!(
-            "round {:2} recording {:3}: {qps:8.0} q/s",
+            "round {:2} recording {:3}: {qps:8.0} q/s, {cpu_us:5.2} µs CPU per query",
             r,
             if recording { "on" } else { "off" }
         );
         if recording { &mut on } else { &mut off }.push(qps);
+        if recording { &mut cpu_on } else { &mut cpu_off }.push(cpu_us);
     }
     stop.store(true, Relaxed);
     for t in tasks {
         t.await?;
     }
+    // In ABBA order the i-th "on" round and the i-th "off" round are neighbours.
+    let pair_ratios: Vec<f64> = on.iter().zip(&off).map(|(a, b)| a / b).collect();
     let (m_on, m_off) = (median(on.clone()), median(off.clone()));
+    println!(
+        "median of the paired ratios on/off: {:.3} (pairs: {:.3?})",
+        median(pair_ratios.clone()),
+        pair_ratios
+    );
+    println!(
+        "CPU per query: median on {:.2} µs, off {:.2} µs ({:+.2}%)",
+        median(cpu_on.clone()),
+        median(cpu_off.clone()),
+        (median(cpu_on) / median(cpu_off) - 1.0) * 100.0
+    );
     println!(
         "median on {m_on:.0} q/s, off {m_off:.0} q/s: recording costs {:.2}% (rounds: on {on:.0?}, off {off:.0?})",
         (1.0 - m_on / m_off) * 100.0
