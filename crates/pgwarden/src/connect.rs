@@ -19,7 +19,7 @@ use tokio_postgres::Statement;
 
 use crate::config::SslMode;
 use crate::conn::{CancelTarget, PgConn};
-use crate::error::ConnectError;
+use crate::pool::ConnectError;
 use crate::pool::{Connector, KillSwitch};
 use crate::statements::{CacheCounters, CacheStats, StatementCache};
 use crate::tls::{MakeRustls, TlsError};
@@ -51,16 +51,26 @@ pub struct ConnectOptions {
     pub reset_policy: ResetPolicy,
     /// Prepared statements cached per connection (LRU); 0 disables the cache. Default: 1000.
     pub statement_cache_size: usize,
+    /// Bound on each statement of a [`crate::PgTransaction`] (from [`PgConn::transaction`])
+    /// and on its commit; on expiry the statement is cancelled on the server. (The manager's
+    /// calls use [`crate::ManagerOptions::query_timeout`].) Default: 30 s.
+    pub query_timeout: Duration,
 }
 
 impl Default for ConnectOptions {
+    /// The development profile's connect timeout, application name and cache size.
     fn default() -> Self {
+        // One source of defaults: the configuration's development profile.
+        let p = crate::config::Profile::Development;
+        let pool = crate::config::PoolConfig::for_profile(p);
+        let query = crate::config::QueryConfig::for_profile(p);
         Self {
-            connect_timeout: Duration::from_secs(5),
-            application_name: Some("pgwarden".to_owned()),
+            connect_timeout: pool.connect_timeout,
+            application_name: Some(pool.application_name),
             keepalive_idle: Duration::from_secs(30),
             reset_policy: ResetPolicy::Rollback,
-            statement_cache_size: 1000,
+            statement_cache_size: query.statement_cache_size,
+            query_timeout: query.query_timeout,
         }
     }
 }
@@ -257,6 +267,7 @@ impl Connector for PgConnector {
                         self.tls.clone(),
                         h.cancel.clone(),
                         self.new_cache(),
+                        self.opts.query_timeout,
                     ));
                 }
                 Ok(Err(e)) => last = Some(ConnectError::from_pg(&h.label, &e)),

@@ -1,181 +1,77 @@
-//! The library's error type.
+//! The library's errors: [`BuildError`] when a manager cannot be built (configuration, TLS
+//! files, prewarming), [`Error`] for everything at run time.
 //!
-//! Every variant says what happened and what to do. `Display` never repeats the source error's
-//! text when the source is also returned by `source()`, except where the cause *is* the message
-//! (a connect failure carries the server's reason as text, so it is not chained twice).
+//! Every variant says what happened and what to do, and callers ask one question each:
+//! [`Error::is_timeout`] (and [`Error::timeout_phase`]), [`Error::outcome_unknown`],
+//! [`Error::is_retryable`], [`Error::code`] and [`Error::db_error`] (the server's message, detail
+//! and hint). `Display` never repeats what `source()` returns; where the cause *is* the message
+//! (the server's error text, a connect failure's reason) it is shown once and not chained.
 
-use std::fmt;
 use std::time::Duration;
 
-use crate::pool::Status;
+use tokio_postgres::error::DbError;
 
-/// Why a connection could not be opened, reduced to what an operator needs: the target (never a
-/// password), the server's reason and its SQLSTATE, and whether waiting can heal it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ConnectError {
-    target: String,
-    message: String,
-    code: Option<String>,
-    permanent: bool,
-}
+pub use crate::pool::{AcquireError, ConnectError};
 
-impl ConnectError {
-    /// A connect failure that may heal by waiting (refused, timed out, server starting up, full).
-    pub fn transient(target: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            target: target.into(),
-            message: message.into(),
-            code: None,
-            permanent: false,
-        }
-    }
-
-    /// A connect failure that waiting cannot heal (wrong password, unknown database, no permission).
-    pub fn permanent(target: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            target: target.into(),
-            message: message.into(),
-            code: None,
-            permanent: true,
-        }
-    }
-
-    /// Attaches the server's SQLSTATE.
-    #[must_use]
-    pub fn with_code(mut self, code: impl Into<String>) -> Self {
-        self.code = Some(code.into());
-        self
-    }
-
-    /// Builds a connect error from a tokio-postgres error, classifying it by SQLSTATE.
-    ///
-    /// Permanent: invalid password / authorization (28P01, 28000), unknown database (3D000),
-    /// insufficient privilege (42501), invalid catalog or role, and TLS/configuration errors.
-    /// Everything else — refused, reset, timed out, 57P03 (starting up / recovering), 53300 (too many
-    /// connections) — is transient.
-    pub fn from_pg(target: impl Into<String>, err: &tokio_postgres::Error) -> Self {
-        let target = target.into();
-        if let Some(db) = err.as_db_error() {
-            let code = db.code().code().to_owned();
-            let permanent = matches!(code.as_str(), "28P01" | "28000" | "3D000" | "42501")
-                || code.starts_with("28");
-            let mut message = db.message().to_owned();
-            if let Some(hint) = db.hint() {
-                message.push_str(" (hint: ");
-                message.push_str(hint);
-                message.push(')');
-            }
-            return Self {
-                target,
-                message,
-                code: Some(code),
-                permanent,
-            };
-        }
-        // Not a server error: I/O, TLS handshake, or configuration. Render the whole chain once.
-        let mut message = err.to_string();
-        let mut source = std::error::Error::source(err);
-        while let Some(s) = source {
-            let text = s.to_string();
-            if !message.contains(&text) {
-                message.push_str(": ");
-                message.push_str(&text);
-            }
-            source = s.source();
-        }
-        let lower = message.to_ascii_lowercase();
-        let permanent = lower.contains("certificate")
-            || lower.contains("invalid configuration")
-            || lower.contains("server does not support tls")
-            || lower.contains("tls");
-        Self {
-            target,
-            message,
-            code: None,
-            permanent,
-        }
-    }
-
-    /// The server's SQLSTATE, when the server answered with an error.
-    pub fn code(&self) -> Option<&str> {
-        self.code.as_deref()
-    }
-
-    /// True when waiting cannot heal this error, so acquires fail at once instead of spinning.
-    pub fn is_permanent(&self) -> bool {
-        self.permanent
-    }
-
-    /// The server's (or the socket's) reason, without the target.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-
-    /// The target that was tried, password-free (for example `127.0.0.1:5432`).
-    pub fn target(&self) -> &str {
-        &self.target
-    }
-}
-
-impl fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "connecting to {}: {}", self.target, self.message)?;
-        if let Some(code) = &self.code {
-            write!(f, " [SQLSTATE {code}]")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for ConnectError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl std::error::Error for ConnectError {}
-
-/// Errors of the pool and the query path.
+/// Why a [`crate::PoolManager`] could not be built.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum Error {
-    /// No connection could be had before the acquire deadline.
-    #[error(
-        "timed out after {}ms waiting for a connection ({status}){}; {}",
-        waited.as_millis(),
-        last_connect_error.as_ref().map(|e| format!("; last connect error: {e}")).unwrap_or_default(),
-        advice(last_connect_error.as_ref())
-    )]
-    AcquireTimeout {
-        /// How long the acquire waited.
-        waited: Duration,
-        /// The most recent connect failure, when connects were failing: the real cause.
-        last_connect_error: Option<ConnectError>,
-        /// The pool at the moment of the timeout.
-        status: Status,
-    },
-
-    /// A connection could not be opened and waiting will not help (wrong password, unknown
-    /// database, bad certificate …).
-    #[error("{0}; fix the connection settings (DATABASE_URL) — retrying will not help")]
-    Connect(ConnectError),
-
+pub enum BuildError {
     /// The configuration is invalid: every problem, each with its variable and fix.
     #[error("invalid configuration:\n{0}")]
     Config(crate::config::ConfigError),
 
-    /// The TLS settings cannot be honoured.
+    /// The TLS settings cannot be honoured (a missing or unreadable root certificate …).
     #[error(transparent)]
     Tls(crate::tls::TlsError),
 
-    /// The pool was closed: no new connections are handed out.
-    #[error("pool closed: the pool was shut down and hands out no more connections")]
-    Closed,
+    /// The pool could not open its `DB_POOL_MIN` connections at startup.
+    #[error("prewarming the pool (DB_POOL_MIN connections) failed: {0}")]
+    Prewarm(AcquireError),
+}
+
+impl BuildError {
+    /// The connect failure behind a failed prewarm.
+    pub fn connect_error(&self) -> Option<&ConnectError> {
+        match self {
+            BuildError::Prewarm(e) => e.connect_error(),
+            _ => None,
+        }
+    }
+}
+
+/// Which limit a timeout hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TimeoutPhase {
+    /// Getting a connection (`DB_ACQUIRE_TIMEOUT`).
+    Acquire,
+    /// Running a statement (`DB_QUERY_TIMEOUT`).
+    Query,
+}
+
+/// Errors of the query path at run time.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No connection could be had: the pool timed out, could not connect, or was closed.
+    #[error(transparent)]
+    Acquire(AcquireError),
 
     /// The statement failed: the server's error (constraint, syntax, permission …) or a broken
-    /// connection when nothing could have committed. Final.
-    #[error("query failed: {}{}", describe(.0), retried_note(*.1))]
-    Query(tokio_postgres::Error, u32),
+    /// connection when nothing could have committed.
+    #[error("query failed: {}{}{}", describe(error), retried_note(*retries), not_retried.map(|n| format!("; not retried: {n}")).unwrap_or_default())]
+    Query {
+        /// The driver's error (the server's, when it answered).
+        error: tokio_postgres::Error,
+        /// Retries made before this failure.
+        retries: u32,
+        /// The manager's verdict: another attempt may succeed.
+        retryable: bool,
+        /// Why a failure that is usually transient was not retried (a `CALL` may have
+        /// committed part of its work, …).
+        not_retried: Option<&'static str>,
+    },
 
     /// The statement ran to its end but returned the wrong number of rows (a write in it has
     /// committed). Final.
@@ -207,24 +103,40 @@ pub enum Error {
     /// The connection was lost after a statement that may write (or a COMMIT) was sent: it may
     /// or may not have committed. It was not retried. Check whether it took effect before
     /// running it again, or mark the call idempotent if running it twice is harmless.
-    #[error("outcome unknown: the connection was lost after the statement was sent, so it may or may not have committed ({}); it was not retried", describe(.0))]
-    OutcomeUnknown(tokio_postgres::Error),
+    #[error("outcome unknown: the connection was lost after the statement was sent, so it may or may not have committed ({}); it was not retried", describe(error))]
+    OutcomeUnknown {
+        /// The driver's error.
+        error: tokio_postgres::Error,
+    },
 
     /// A statement in a transaction failed, the body returned `Ok` anyway, and the transaction
     /// was rolled back: nothing was committed.
-    #[error("transaction rolled back: a statement in it failed ({0}) and the body still returned Ok; nothing was committed")]
-    RolledBack(String),
+    #[error("transaction rolled back: a statement in it failed ({reason}) and the body still returned Ok; nothing was committed")]
+    RolledBack {
+        /// The first failure in the transaction.
+        reason: String,
+        /// Its SQLSTATE, when the server answered with an error.
+        code: Option<String>,
+    },
 
-    /// Retries ran out (attempts or budget) on a transient failure; the last failure is inside.
-    #[error("gave up after {attempts} attempts ({}ms): {last}", elapsed.as_millis())]
+    /// Retries ran out (attempts or budget) on a transient failure; the last failure is the
+    /// source.
+    #[error("gave up after {attempts} attempts ({}ms)", elapsed.as_millis())]
     RetriesExhausted {
         /// Attempts made.
         attempts: u32,
         /// Time spent.
         elapsed: Duration,
         /// The last failure.
+        #[source]
         last: Box<Error>,
     },
+}
+
+impl From<AcquireError> for Error {
+    fn from(e: AcquireError) -> Self {
+        Error::Acquire(e)
+    }
 }
 
 /// The server's message and SQLSTATE, or the connection problem — once, without the
@@ -268,30 +180,52 @@ fn retried_note(retries: u32) -> String {
     }
 }
 
-fn advice(last: Option<&ConnectError>) -> &'static str {
-    match last {
-        Some(_) => "check that the server is up and reachable",
-        None => "the pool is exhausted: raise DB_POOL_MAX, return connections sooner, or look for a connection held across a slow operation",
-    }
-}
-
 impl Error {
-    /// True when trying again later may succeed (the pool was busy or the server was unreachable).
-    pub fn is_transient(&self) -> bool {
+    /// A statement's failure, judged by its SQLSTATE alone (the manager refines the verdict
+    /// with what it knows of the call).
+    pub(crate) fn query(error: tokio_postgres::Error) -> Self {
+        let retryable = crate::sqlstate::retryable_code(error.code().map(|c| c.code()));
+        Error::Query {
+            error,
+            retries: 0,
+            retryable,
+            not_retried: None,
+        }
+    }
+
+    /// True for a timeout; [`Error::timeout_phase`] says which.
+    pub fn is_timeout(&self) -> bool {
+        self.timeout_phase().is_some()
+    }
+
+    /// Which limit timed out, if any.
+    pub fn timeout_phase(&self) -> Option<TimeoutPhase> {
         match self {
-            Error::AcquireTimeout { .. } => true,
-            Error::Connect(e) => !e.is_permanent(),
-            Error::Closed
-            | Error::Config(_)
-            | Error::Tls(_)
-            | Error::OutcomeUnknown(_)
+            Error::Acquire(e) if e.is_timeout() => Some(TimeoutPhase::Acquire),
+            Error::QueryTimeout { .. } => Some(TimeoutPhase::Query),
+            Error::RetriesExhausted { last, .. } => last.timeout_phase(),
+            _ => None,
+        }
+    }
+
+    /// True when another attempt may succeed, in the manager's judgement: a busy server, a
+    /// serialization failure of a statement that provably committed nothing, a server that
+    /// could not be reached. False when retrying cannot help or is not safe — among them a
+    /// `CALL` that failed with 40001 (it may have committed part of its work), a statement
+    /// inside a transaction (the transaction reruns as a whole), and an acquire that timed out
+    /// on an exhausted pool (see the retry module's `acquire_verdict`).
+    ///
+    /// After [`Error::RetriesExhausted`], the verdict on the last failure: a later call may
+    /// succeed, the manager's budget ran out.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Acquire(e) => e.is_retryable(),
+            Error::Query { retryable, .. } => *retryable,
+            Error::RetriesExhausted { last, .. } => last.is_retryable(),
+            Error::RowCount { .. }
             | Error::QueryTimeout { .. }
-            | Error::RolledBack(_)
-            | Error::RowCount { .. } => false,
-            Error::Query(e, _) => e.code().is_some_and(|c| {
-                matches!(c.code(), "40001" | "40P01" | "55P03" | "53300" | "57P03")
-            }),
-            Error::RetriesExhausted { last, .. } => last.is_transient(),
+            | Error::OutcomeUnknown { .. }
+            | Error::RolledBack { .. } => false,
         }
     }
 
@@ -299,29 +233,47 @@ impl Error {
     /// it again.
     pub fn outcome_unknown(&self) -> bool {
         match self {
-            Error::OutcomeUnknown(_) => true,
+            Error::OutcomeUnknown { .. } => true,
             Error::QueryTimeout { unknown, .. } => *unknown,
             Error::RetriesExhausted { last, .. } => last.outcome_unknown(),
             _ => false,
         }
     }
 
-    /// The server's SQLSTATE, when the server answered with an error.
+    /// The SQLSTATE, when the server answered with an error (57014 for a query timeout).
     pub fn code(&self) -> Option<&str> {
         match self {
-            Error::Query(e, _) | Error::OutcomeUnknown(e) => e.code().map(|c| c.code()),
-            Error::Connect(e) => e.code(),
-            Error::QueryTimeout { .. } => Some("57014"),
+            Error::Query { error, .. } | Error::OutcomeUnknown { error } => {
+                error.code().map(|c| c.code())
+            }
+            Error::Acquire(e) => e.connect_error().and_then(ConnectError::code),
+            Error::QueryTimeout { .. } => Some(crate::sqlstate::QUERY_CANCELED),
+            Error::RolledBack { code, .. } => code.as_deref(),
             Error::RetriesExhausted { last, .. } => last.code(),
-            _ => None,
+            Error::RowCount { .. } => None,
         }
+    }
+
+    /// The server's error — [`DbError::message`], [`DbError::detail`], [`DbError::hint`] … —
+    /// when the server answered with one.
+    pub fn db_error(&self) -> Option<&DbError> {
+        self.pg_error().and_then(tokio_postgres::Error::as_db_error)
     }
 
     /// The underlying tokio-postgres error, when there is one.
     pub fn pg_error(&self) -> Option<&tokio_postgres::Error> {
         match self {
-            Error::Query(e, _) | Error::OutcomeUnknown(e) => Some(e),
+            Error::Query { error, .. } | Error::OutcomeUnknown { error } => Some(error),
             Error::RetriesExhausted { last, .. } => last.pg_error(),
+            _ => None,
+        }
+    }
+
+    /// The acquire failure, when no connection could be had.
+    pub fn acquire_error(&self) -> Option<&AcquireError> {
+        match self {
+            Error::Acquire(e) => Some(e),
+            Error::RetriesExhausted { last, .. } => last.acquire_error(),
             _ => None,
         }
     }

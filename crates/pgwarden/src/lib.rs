@@ -45,19 +45,22 @@ pub mod health;
 pub mod manager;
 pub mod metrics;
 pub mod pool;
-pub mod retry;
+mod retry;
 mod setup;
-pub mod statements;
-pub mod tls;
+mod sqlstate;
+mod statements;
+mod tls;
 
 pub use config::{
     Config, ConfigError, DbTarget, Problem, Profile, Secret, Setting, Source, SslMode, TargetError,
 };
 pub use conn::{PgConn, PgTransaction, Sql};
 pub use connect::{ConnectOptions, PgConnector, ResetPolicy};
-pub use error::{ConnectError, Error};
+pub use error::{AcquireError, BuildError, ConnectError, Error, TimeoutPhase};
 pub use manager::{ManagerOptions, PoolManager, Snapshot, Tx};
 pub use pool::{Connector, KillSwitch, Pool, PoolCounters, PoolOptions, PooledConnection, Status};
+pub use statements::CacheStats;
+pub use tls::{MakeRustls, TlsError};
 
 /// A pool of PostgreSQL connections.
 pub type PgPool = Pool<PgConnector>;

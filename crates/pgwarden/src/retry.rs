@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::RetryConfig;
+use crate::pool::AcquireError;
+use crate::sqlstate::Failure;
 
 /// What to do after a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Nothing committed (or the call may run twice): another attempt is safe.
     Retry,
     /// Final: retrying cannot help or is not safe, and the outcome is known (nothing committed,
@@ -23,58 +24,62 @@ pub enum Verdict {
     OutcomeUnknown,
 }
 
-/// SQLSTATEs a statement may fail with before anything committed, that a later attempt may
-/// not meet: serialization failure, deadlock, lock not available.
-const TRANSIENT_STATEMENT: &[&str] = &["40001", "40P01", "55P03"];
-
-/// SQLSTATEs that mean no session was established (nothing was run): too many connections,
-/// cannot connect now (starting up, recovering), connection rejected.
-const NOT_CONNECTED: &[&str] = &["53300", "57P03", "08001", "08004"];
-
-/// SQLSTATEs that mean the session ended under the statement: admin shutdown, crash shutdown,
-/// connection failure / does not exist / protocol trouble.
-fn session_lost(code: &str) -> bool {
-    matches!(
-        code,
-        "57P01" | "57P02" | "08006" | "08003" | "08000" | "08007" | "08P01"
-    )
-}
-
-/// Classifies a statement's failure.
+/// Classifies a statement's failure (see [`crate::sqlstate`] for the table).
 ///
 /// - `idempotent`: the caller said the call may run twice;
 /// - `in_transaction`: the statement ran inside an explicit transaction (whose body the
 ///   transaction API reruns as a whole; a single statement of it is never retried alone);
 /// - `was_commit`: the statement was a COMMIT (a lost COMMIT is always "outcome unknown"
 ///   unless idempotent).
-pub fn classify(
+pub(crate) fn classify(
     err: &tokio_postgres::Error,
     idempotent: bool,
     in_transaction: bool,
     was_commit: bool,
 ) -> Verdict {
-    let code = err.code().map(|c| c.code());
-    match code {
-        Some(c) if NOT_CONNECTED.contains(&c) => Verdict::Retry,
-        Some(c) if TRANSIENT_STATEMENT.contains(&c) && !in_transaction => Verdict::Retry,
-        Some(c) if session_lost(c) && ends_session(err) => {
-            lost(idempotent, in_transaction, was_commit)
-        }
-        Some(_) => Verdict::Fail,
-        // No server error: the connection broke (closed, reset, I/O). Anything may have run.
-        None if err.is_closed() || is_io(err) => lost(idempotent, in_transaction, was_commit),
-        None => Verdict::Fail,
+    classify_failure(&Failure::of(err), idempotent, in_transaction, was_commit)
+}
+
+fn classify_failure(
+    f: &Failure<'_>,
+    idempotent: bool,
+    in_transaction: bool,
+    was_commit: bool,
+) -> Verdict {
+    if f.not_connected() || (f.transient_statement() && !in_transaction) {
+        Verdict::Retry
+    } else if f.session_lost() {
+        lost(idempotent, in_transaction, was_commit)
+    } else {
+        Verdict::Fail
     }
 }
 
-/// A FATAL (or PANIC) response ends the session, and with it whatever was running; an ERROR
-/// with a connection-class code (a foreign server's, say) only ended this statement, which
-/// rolled back.
-fn ends_session(err: &tokio_postgres::Error) -> bool {
-    use tokio_postgres::error::Severity;
-    err.as_db_error()
-        .and_then(|db| db.parsed_severity())
-        .is_none_or(|s| matches!(s, Severity::Fatal | Severity::Panic))
+/// The verdict on a failed acquire, for the attempt loop (and, later, a router choosing the
+/// pool of the next attempt).
+///
+/// Policy:
+/// - a timeout while the pool was **exhausted** (every connection checked out by others, no
+///   connect failing) is not retried on the same pool: waiting longer for a full pool adds
+///   load where it hurts most, and the caller learns at once that the pool is too small. When
+///   `other_pool` is true (there is a failover pool to move the attempt to), it is retried
+///   there;
+/// - a timeout while connects were failing or slow (a server restarting, a network blip) is
+///   retried: the next attempt may find the server back;
+/// - a permanent connect failure and a closed pool are final.
+pub(crate) fn acquire_verdict(e: &AcquireError, other_pool: bool) -> Verdict {
+    match e {
+        AcquireError::TimedOut { .. } if e.pool_exhausted() => {
+            if other_pool {
+                Verdict::Retry
+            } else {
+                Verdict::Fail
+            }
+        }
+        AcquireError::TimedOut { .. } => Verdict::Retry,
+        AcquireError::Connect(c) if !c.is_permanent() => Verdict::Retry,
+        _ => Verdict::Fail,
+    }
 }
 
 fn lost(idempotent: bool, in_transaction: bool, was_commit: bool) -> Verdict {
@@ -90,20 +95,10 @@ fn lost(idempotent: bool, in_transaction: bool, was_commit: bool) -> Verdict {
     }
 }
 
-fn is_io(err: &tokio_postgres::Error) -> bool {
-    let mut source = std::error::Error::source(err);
-    while let Some(s) = source {
-        if s.is::<std::io::Error>() {
-            return true;
-        }
-        source = s.source();
-    }
-    false
-}
-
 /// Tracks one call's retries against the schedule and the budget.
 #[derive(Debug, Clone)]
-pub struct RetryClock {
+pub(crate) struct RetryClock<'a> {
+    delays: &'a [Duration],
     max_retries: u32,
     budget: Duration,
     retries: u32,
@@ -111,10 +106,12 @@ pub struct RetryClock {
     budget_end: Option<Instant>,
 }
 
-impl RetryClock {
-    /// `max_retries` retries after the first attempt, within `budget`.
-    pub fn new(max_retries: u32, budget: Duration) -> Self {
+impl<'a> RetryClock<'a> {
+    /// `max_retries` retries after the first attempt, within `budget`, waiting `delays[i]`
+    /// before retry `i + 1` (the last delay repeats; none means no wait).
+    pub(crate) fn new(delays: &'a [Duration], max_retries: u32, budget: Duration) -> Self {
         Self {
+            delays,
             max_retries,
             budget,
             retries: 0,
@@ -123,24 +120,25 @@ impl RetryClock {
     }
 
     /// Retries done so far.
-    pub fn retries(&self) -> u32 {
+    pub(crate) fn retries(&self) -> u32 {
         self.retries
     }
 
     /// The end of the budget, once the first attempt has failed.
-    pub fn budget_end(&self) -> Option<Instant> {
+    pub(crate) fn budget_end(&self) -> Option<Instant> {
         self.budget_end
     }
 
     /// After a failed attempt: the delay before the next one, or `None` when no retry is left
     /// or the next attempt would start after the budget is spent.
-    pub fn next_delay(&mut self, now: Instant) -> Option<Duration> {
+    pub(crate) fn next_delay(&mut self, now: Instant) -> Option<Duration> {
         let end = *self.budget_end.get_or_insert(now + self.budget);
         if self.retries >= self.max_retries {
             return None;
         }
-        // The brief's schedule (100 ms, 500 ms, 2 s, then 2 s again), each ±20%.
-        let delay = jitter(RetryConfig::delay_before(self.retries + 1));
+        // The schedule (by default 100 ms, 500 ms, 2 s, then 2 s again), each ±20%.
+        let i = (self.retries as usize).min(self.delays.len().saturating_sub(1));
+        let delay = jitter(self.delays.get(i).copied().unwrap_or_default());
         if now + delay >= end {
             return None;
         }
@@ -161,10 +159,16 @@ fn jitter(d: Duration) -> Duration {
 mod tests {
     use super::*;
 
+    const DELAYS: [Duration; 3] = [
+        Duration::from_millis(100),
+        Duration::from_millis(500),
+        Duration::from_millis(2000),
+    ];
+
     #[test]
     fn schedule_is_100_500_2000_with_jitter_then_stops() {
         let now = Instant::now();
-        let mut c = RetryClock::new(3, Duration::from_secs(5));
+        let mut c = RetryClock::new(&DELAYS, 3, Duration::from_secs(5));
         let d: Vec<_> = std::iter::from_fn(|| c.next_delay(now)).collect();
         assert_eq!(d.len(), 3);
         for (got, base) in d.iter().zip([100u64, 500, 2000]) {
@@ -181,13 +185,13 @@ mod tests {
     #[test]
     fn budget_counts_from_the_first_failure_and_stops_new_attempts() {
         let t0 = Instant::now();
-        let mut c = RetryClock::new(10, Duration::from_secs(5));
+        let mut c = RetryClock::new(&DELAYS, 10, Duration::from_secs(5));
         assert!(c.next_delay(t0).is_some());
         assert_eq!(c.budget_end(), Some(t0 + Duration::from_secs(5)));
         // 4.61 s in, even the shortest 500 ms (-20%) backoff would end past the budget.
         let late = t0 + Duration::from_millis(4_610);
         assert!(c.next_delay(late).is_none());
-        let mut c = RetryClock::new(10, Duration::from_secs(5));
+        let mut c = RetryClock::new(&DELAYS, 10, Duration::from_secs(5));
         c.next_delay(t0);
         assert!(c.next_delay(t0 + Duration::from_millis(1000)).is_some());
     }
@@ -195,15 +199,88 @@ mod tests {
     #[test]
     fn more_retries_than_the_schedule_repeat_the_last_delay() {
         let now = Instant::now();
-        let mut c = RetryClock::new(5, Duration::from_secs(3600));
+        let mut c = RetryClock::new(&DELAYS, 5, Duration::from_secs(3600));
         let d: Vec<_> = std::iter::from_fn(|| c.next_delay(now)).collect();
         assert_eq!(d.len(), 5);
         assert!(d[4] >= Duration::from_millis(1600));
     }
 
     #[test]
+    fn classification_table() {
+        let server = |code, fatal| Failure {
+            code: Some(code),
+            fatal,
+            broken: false,
+        };
+        let broken = Failure {
+            code: None,
+            fatal: true,
+            broken: true,
+        };
+        use Verdict::{Fail, OutcomeUnknown as Unknown, Retry};
+        // (failure, idempotent, in transaction, commit) -> verdict
+        let table = [
+            (server("40001", false), false, false, false, Retry),
+            (server("40001", false), false, true, false, Fail),
+            (server("55P03", false), false, false, false, Retry),
+            (server("53300", true), false, true, true, Retry),
+            (server("57P01", true), false, false, false, Unknown),
+            (server("57P01", true), true, false, false, Retry),
+            (server("57P01", true), false, true, false, Fail),
+            (server("57P01", true), false, true, true, Unknown),
+            (server("08006", false), false, false, false, Fail),
+            (server("23505", false), true, false, false, Fail),
+            (broken, false, false, false, Unknown),
+            (broken, true, false, false, Retry),
+            (broken, false, true, true, Unknown),
+        ];
+        for (f, idem, tx, commit, want) in table {
+            assert_eq!(
+                classify_failure(&f, idem, tx, commit),
+                want,
+                "{f:?} {idem} {tx} {commit}"
+            );
+        }
+    }
+
+    #[test]
+    fn acquire_policy_no_retry_of_an_exhausted_pool_unless_another_pool_exists() {
+        use crate::pool::{ConnectError, Status};
+        let timed_out = |in_use, last: Option<ConnectError>| AcquireError::TimedOut {
+            pool: "primary".into(),
+            waited: Duration::from_millis(200),
+            status: Status {
+                max: 2,
+                size: 2,
+                in_use,
+                ..Status::default()
+            },
+            last_connect_error: last,
+        };
+        let refused = ConnectError::transient("db:5432", "connection refused");
+        let denied = ConnectError::permanent("db:5432", "password authentication failed");
+        let table = [
+            (timed_out(2, None), false, Verdict::Fail),
+            (timed_out(2, None), true, Verdict::Retry),
+            (timed_out(1, None), false, Verdict::Retry),
+            (timed_out(2, Some(refused.clone())), false, Verdict::Retry),
+            (AcquireError::Connect(refused), false, Verdict::Retry),
+            (AcquireError::Connect(denied), true, Verdict::Fail),
+            (AcquireError::Closed, true, Verdict::Fail),
+        ];
+        for (e, other_pool, want) in table {
+            assert_eq!(acquire_verdict(&e, other_pool), want, "{e}");
+        }
+        let text = timed_out(2, None).to_string();
+        assert!(
+            text.contains("DB_ACQUIRE_TIMEOUT") && text.contains("exhausted"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn zero_retries_means_one_attempt() {
-        let mut c = RetryClock::new(0, Duration::from_secs(5));
+        let mut c = RetryClock::new(&DELAYS, 0, Duration::from_secs(5));
         assert_eq!(c.next_delay(Instant::now()), None);
     }
 
@@ -213,7 +290,5 @@ mod tests {
         assert_eq!(lost(false, false, false), Verdict::OutcomeUnknown);
         assert_eq!(lost(false, true, false), Verdict::Fail);
         assert_eq!(lost(false, true, true), Verdict::OutcomeUnknown);
-        assert!(session_lost("57P01") && session_lost("08006"));
-        assert!(!session_lost("23505") && !session_lost("40001"));
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::config::{Config, ConfigError, DbTarget, PoolConfig, Problem};
 use crate::connect::{ConnectOptions, PgConnector};
-use crate::error::Error;
+use crate::error::BuildError;
 use crate::manager::{ManagerOptions, PoolManager};
 use crate::pool::{Pool, PoolOptions};
 use crate::tls::TlsError;
@@ -27,6 +27,7 @@ impl ConnectOptions {
             connect_timeout: config.pool.connect_timeout,
             application_name: Some(config.pool.application_name.clone()),
             statement_cache_size: config.query.statement_cache_size,
+            query_timeout: config.query.query_timeout,
             ..ConnectOptions::default()
         }
     }
@@ -40,6 +41,7 @@ impl ManagerOptions {
             slow_query_threshold: config.query.slow_query_threshold,
             retry_attempts: config.retry.attempts,
             retry_budget: config.retry.budget,
+            retry_delays: crate::config::RETRY_DELAYS.to_vec(),
             health_check_interval: Some(config.health.interval),
             health_thresholds: config.health.thresholds.clone(),
             ..ManagerOptions::default()
@@ -68,23 +70,32 @@ impl PoolManager {
     /// it, builds the pool and prewarms `DB_POOL_MIN` connections.
     ///
     /// # Errors
-    /// [`Error::Config`] with every configuration problem; otherwise as
+    /// [`BuildError::Config`] with every configuration problem; otherwise as
     /// [`PoolManager::from_config`].
-    pub async fn from_env() -> Result<Self, Error> {
-        let config = Config::from_env().map_err(Error::Config)?;
+    pub async fn from_env() -> Result<Self, BuildError> {
+        let config = Config::from_env().map_err(BuildError::Config)?;
         Self::from_config(&config).await
     }
 
     /// Builds the pool from a loaded configuration and prewarms it.
     ///
     /// # Errors
-    /// [`Error::Config`] when `DATABASE_URL` is missing or the configuration is invalid,
-    /// [`Error::Tls`] when its TLS settings cannot be honoured, and the prewarm's error when
-    /// the server cannot be reached or refuses the credentials.
-    pub async fn from_config(config: &Config) -> Result<Self, Error> {
-        config.validate().map_err(Error::Config)?;
+    /// [`BuildError::Config`] when `DATABASE_URL` is missing or the configuration is invalid,
+    /// [`BuildError::Tls`] when its TLS settings cannot be honoured, and
+    /// [`BuildError::Prewarm`] (with the connect error inside) when the server cannot be
+    /// reached or refuses the credentials.
+    pub async fn from_config(config: &Config) -> Result<Self, BuildError> {
+        config.validate().map_err(BuildError::Config)?;
+        let idle = config.set_but_not_yet_effective();
+        if !idle.is_empty() {
+            // Once per manager: the user expects these to do something, and they do not yet.
+            tracing::warn!(
+                "settings with no effect yet (the failover pool is not built): {}",
+                idle.join(", ")
+            );
+        }
         let Some(target) = config.database_url.as_ref() else {
-            return Err(Error::Config(ConfigError {
+            return Err(BuildError::Config(ConfigError {
                 problems: vec![Problem {
                     variable: "DATABASE_URL".into(),
                     value: String::new(),
@@ -93,9 +104,9 @@ impl PoolManager {
                 }],
             }));
         };
-        let connector = PgConnector::for_target(target, config).map_err(Error::Tls)?;
+        let connector = PgConnector::for_target(target, config).map_err(BuildError::Tls)?;
         let pool = Pool::new(connector, PoolOptions::from_config(&config.pool, "primary"));
-        pool.prewarm().await?;
+        pool.prewarm().await.map_err(BuildError::Prewarm)?;
         Ok(PoolManager::new(pool, ManagerOptions::from_config(config)))
     }
 }

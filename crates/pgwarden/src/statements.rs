@@ -13,7 +13,7 @@ use serde::Serialize;
 
 /// Hits, misses and evictions, shared by every connection of a pool.
 #[derive(Debug, Default)]
-pub struct CacheCounters {
+pub(crate) struct CacheCounters {
     hits: AtomicU64,
     misses: AtomicU64,
     evictions: AtomicU64,
@@ -21,7 +21,7 @@ pub struct CacheCounters {
 
 impl CacheCounters {
     /// A snapshot.
-    pub fn snapshot(&self) -> CacheStats {
+    pub(crate) fn snapshot(&self) -> CacheStats {
         CacheStats {
             hits: self.hits.load(Relaxed),
             misses: self.misses.load(Relaxed),
@@ -43,14 +43,14 @@ pub struct CacheStats {
 }
 
 /// The cache. `V` is `tokio_postgres::Statement` in use; generic for tests.
-pub struct StatementCache<V> {
+pub(crate) struct StatementCache<V> {
     lru: Option<LruCache<String, V>>,
     counters: Arc<CacheCounters>,
 }
 
 impl<V: Clone> StatementCache<V> {
     /// A cache of at most `capacity` statements (0 = no caching).
-    pub fn new(capacity: usize, counters: Arc<CacheCounters>) -> Self {
+    pub(crate) fn new(capacity: usize, counters: Arc<CacheCounters>) -> Self {
         Self {
             lru: NonZeroUsize::new(capacity).map(LruCache::new),
             counters,
@@ -58,12 +58,12 @@ impl<V: Clone> StatementCache<V> {
     }
 
     /// True when caching is on.
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.lru.is_some()
     }
 
     /// The statement for `sql`, marking it most recently used. Counts a hit or a miss.
-    pub fn get(&mut self, sql: &str) -> Option<V> {
+    pub(crate) fn get(&mut self, sql: &str) -> Option<V> {
         let lru = self.lru.as_mut()?;
         match lru.get(sql) {
             Some(v) => {
@@ -79,7 +79,7 @@ impl<V: Clone> StatementCache<V> {
 
     /// Caches `v` for `sql`; returns the statement it evicted or replaced, for the caller to
     /// drop outside any lock.
-    pub fn insert(&mut self, sql: &str, v: V) -> Option<V> {
+    pub(crate) fn insert(&mut self, sql: &str, v: V) -> Option<V> {
         let lru = self.lru.as_mut()?;
         if lru.contains(sql) {
             return lru.put(sql.to_owned(), v);
@@ -92,12 +92,12 @@ impl<V: Clone> StatementCache<V> {
     }
 
     /// Forgets the statement for `sql` (its plan went stale).
-    pub fn remove(&mut self, sql: &str) -> Option<V> {
+    pub(crate) fn remove(&mut self, sql: &str) -> Option<V> {
         self.lru.as_mut()?.pop(sql)
     }
 
     /// Forgets everything and returns it, for the caller to drop outside any lock.
-    pub fn drain(&mut self) -> Vec<V> {
+    pub(crate) fn drain(&mut self) -> Vec<V> {
         let mut out = Vec::with_capacity(self.len());
         if let Some(lru) = self.lru.as_mut() {
             while let Some((_, v)) = lru.pop_lru() {
@@ -108,13 +108,8 @@ impl<V: Clone> StatementCache<V> {
     }
 
     /// Statements cached.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lru.as_ref().map_or(0, LruCache::len)
-    }
-
-    /// True when nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -160,7 +155,7 @@ mod tests {
         assert!(!c.enabled());
         assert_eq!(c.insert("a", 1), None);
         assert_eq!(c.get("a"), None);
-        assert!(c.is_empty());
+        assert_eq!(c.len(), 0);
         assert_eq!(counters.snapshot(), CacheStats::default());
     }
 
@@ -172,6 +167,6 @@ mod tests {
         assert_eq!(c.remove("a"), Some(1));
         assert_eq!(c.get("a"), None);
         assert_eq!(c.drain(), vec![2]);
-        assert!(c.is_empty());
+        assert_eq!(c.len(), 0);
     }
 }

@@ -18,6 +18,14 @@ pub enum Source {
     Override,
     /// pgwarden's built-in fallback: no profile chosen (development), or an unset URL.
     Default,
+    /// The profile's default contradicted a value the user set, so it was moved to agree
+    /// with it (`DB_POOL_MAX=4` alone clamps the profile's `DB_POOL_MIN` of 5 to 4).
+    Clamped {
+        /// The profile whose default was clamped.
+        profile: Profile,
+        /// The user-set variable it gave way to.
+        to: &'static str,
+    },
 }
 
 impl fmt::Display for Source {
@@ -27,6 +35,9 @@ impl fmt::Display for Source {
             Source::Env(var) => write!(f, "environment ({var})"),
             Source::Override => f.write_str("override"),
             Source::Default => f.write_str("built-in default"),
+            Source::Clamped { profile, to } => {
+                write!(f, "{profile} profile default, clamped to {to}")
+            }
         }
     }
 }
@@ -50,9 +61,9 @@ impl fmt::Display for Setting {
 }
 
 impl Config {
-    /// Every variable of [`VARIABLES`] with its redacted value and source. A value changed in
-    /// code after loading shows as [`Source::Override`] (or as the profile default when it
-    /// equals it).
+    /// Every variable pgwarden reads, in DESIGN.md's order, with its redacted value and
+    /// source. A value changed in code after loading shows as [`Source::Override`] (or as the
+    /// profile default when it equals it).
     pub fn effective(&self) -> Vec<Setting> {
         VARIABLES
             .iter()
@@ -64,7 +75,7 @@ impl Config {
             .collect()
     }
 
-    fn source_of(&self, variable: &'static str) -> Source {
+    pub(crate) fn source_of(&self, variable: &str) -> Source {
         let now = self.render(variable);
         match self.sources.get(variable) {
             Some((source, then)) if *then == now => return *source,

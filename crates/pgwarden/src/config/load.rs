@@ -12,7 +12,7 @@ use super::{Config, ConfigError, DbTarget, Problem, Profile, Source};
 /// Every variable pgwarden reads, in the order of DESIGN.md's table (`APP_ENV`, the host
 /// application's variable, is read for the profile only). `PGWARDEN_PG_BIN` belongs to the
 /// test harness and the CLI.
-pub const VARIABLES: [&str; 21] = [
+pub(crate) const VARIABLES: [&str; 21] = [
     "DB_PROFILE",
     "APP_ENV",
     "DATABASE_URL",
@@ -40,7 +40,7 @@ pub const VARIABLES: [&str; 21] = [
 const NEIGHBOURS: &[&str] = &["PGWARDEN_PG_BIN"];
 
 /// Whether `name` is one of [`VARIABLES`].
-pub fn is_known_variable(name: &str) -> bool {
+pub(crate) fn is_known_variable(name: &str) -> bool {
     VARIABLES.contains(&name)
 }
 
@@ -344,6 +344,7 @@ pub(crate) fn load(
     cfg.warnings = warnings;
 
     let failed: Vec<String> = l.problems.iter().map(|p| p.variable.clone()).collect();
+    cfg.clamp_defaults(&failed);
     let mut problems = l.problems;
     // A variable that failed to parse kept its default; do not report that default again.
     problems.extend(

@@ -29,6 +29,7 @@
 //!   almost always a mistake — unset it to get the default). `APP_ENV`, which belongs to the host
 //!   application, is the exception: empty counts as unset.
 
+mod clamp;
 mod effective;
 mod error;
 mod load;
@@ -44,10 +45,19 @@ use std::path::Path;
 
 pub use effective::{Setting, Source};
 pub use error::{ConfigError, Problem};
-pub use load::{is_known_variable, VARIABLES};
 pub use profile::*;
 pub use target::{DbTarget, TargetError};
 pub use tls::{Secret, SslMode};
+
+/// Settings that are parsed and validated but have no effect yet: the failover pool is not
+/// built. `PoolManager::from_config` warns when the user sets one.
+/// Delete an entry when its feature lands.
+pub(crate) const NOT_YET_EFFECTIVE: &[&str] = &[
+    "DB_ENABLE_FAILOVER",
+    "DB_FAILOVER_URL",
+    "DB_FAILOVER_POOL_MAX",
+    "DB_FAILOVER_THRESHOLD",
+];
 
 /// The whole pgwarden configuration. Build it with [`Config::from_env`],
 /// [`Config::from_vars`] or [`Config::for_profile`]; check code-made changes with
@@ -171,6 +181,17 @@ impl Config {
         target.ssl_root_cert().or(self.tls.root_cert.as_deref())
     }
 
+    /// The settings the user set (environment, CLI or code) that pgwarden parses and checks
+    /// but does not act on yet: see [`NOT_YET_EFFECTIVE`]. A profile's defaults are never
+    /// listed.
+    pub(crate) fn set_but_not_yet_effective(&self) -> Vec<&'static str> {
+        NOT_YET_EFFECTIVE
+            .iter()
+            .copied()
+            .filter(|v| matches!(self.source_of(v), Source::Env(_) | Source::Override))
+            .collect()
+    }
+
     pub(crate) fn record(&mut self, variable: &'static str, source: Source) {
         let rendered = self.render(variable);
         self.sources.insert(variable, (source, rendered));
@@ -179,5 +200,7 @@ impl Config {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_clamp;
 #[cfg(test)]
 mod tests_problems;

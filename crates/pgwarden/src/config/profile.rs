@@ -66,69 +66,69 @@ impl FromStr for Profile {
 }
 
 /// Default `DB_POOL_MAX` in development.
-pub const DEV_POOL_MAX: u32 = 30;
+pub(crate) const DEV_POOL_MAX: u32 = 30;
 /// Default `DB_POOL_MAX` in staging.
-pub const STAGING_POOL_MAX: u32 = 50;
+pub(crate) const STAGING_POOL_MAX: u32 = 50;
 /// Default `DB_POOL_MAX` in production.
-pub const PRODUCTION_POOL_MAX: u32 = 100;
+pub(crate) const PRODUCTION_POOL_MAX: u32 = 100;
 /// Default `DB_POOL_MIN` in development.
-pub const DEV_POOL_MIN: u32 = 5;
+pub(crate) const DEV_POOL_MIN: u32 = 5;
 /// Default `DB_POOL_MIN` in staging.
-pub const STAGING_POOL_MIN: u32 = 10;
+pub(crate) const STAGING_POOL_MIN: u32 = 10;
 /// Default `DB_POOL_MIN` in production.
-pub const PRODUCTION_POOL_MIN: u32 = 25;
+pub(crate) const PRODUCTION_POOL_MIN: u32 = 25;
 /// Default `DB_CONNECT_TIMEOUT` (every profile): 5 s.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default `DB_ACQUIRE_TIMEOUT` (every profile): 5 s.
-pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default `DB_POOL_IDLE_TIMEOUT` (every profile): 60 s.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default `DB_POOL_MAX_LIFETIME` (every profile): 30 min.
-pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
+pub(crate) const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
 /// Default `DB_QUERY_TIMEOUT` (every profile): 30 s.
-pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `DB_RETRY_ATTEMPTS` (every profile): 3 retries after the first attempt.
-pub const DEFAULT_RETRY_ATTEMPTS: u32 = 3;
+pub(crate) const DEFAULT_RETRY_ATTEMPTS: u32 = 3;
 /// Default `DB_RETRY_BUDGET` (every profile): 5 s.
-pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(5);
 /// The backoff before retry 1, 2 and 3 (each with jitter); later retries reuse the last delay.
-pub const RETRY_DELAYS: [Duration; 3] = [
+pub(crate) const RETRY_DELAYS: [Duration; 3] = [
     Duration::from_millis(100),
     Duration::from_millis(500),
     Duration::from_secs(2),
 ];
 /// Default `DB_ENABLE_FAILOVER` in development.
-pub const DEV_ENABLE_FAILOVER: bool = false;
+pub(crate) const DEV_ENABLE_FAILOVER: bool = false;
 /// Default `DB_ENABLE_FAILOVER` in staging.
-pub const STAGING_ENABLE_FAILOVER: bool = true;
+pub(crate) const STAGING_ENABLE_FAILOVER: bool = true;
 /// Default `DB_ENABLE_FAILOVER` in production.
-pub const PRODUCTION_ENABLE_FAILOVER: bool = true;
+pub(crate) const PRODUCTION_ENABLE_FAILOVER: bool = true;
 /// Default `DB_FAILOVER_POOL_MAX` in development.
-pub const DEV_FAILOVER_POOL_MAX: u32 = 10;
+pub(crate) const DEV_FAILOVER_POOL_MAX: u32 = 10;
 /// Default `DB_FAILOVER_POOL_MAX` in staging.
-pub const STAGING_FAILOVER_POOL_MAX: u32 = 10;
+pub(crate) const STAGING_FAILOVER_POOL_MAX: u32 = 10;
 /// Default `DB_FAILOVER_POOL_MAX` in production.
-pub const PRODUCTION_FAILOVER_POOL_MAX: u32 = 20;
+pub(crate) const PRODUCTION_FAILOVER_POOL_MAX: u32 = 20;
 /// Default `DB_FAILOVER_THRESHOLD` (every profile): 80 %.
-pub const DEFAULT_FAILOVER_THRESHOLD_PCT: u8 = 80;
+pub(crate) const DEFAULT_FAILOVER_THRESHOLD_PCT: u8 = 80;
 /// How far below the threshold utilization must fall before the failover pool is released.
-pub const FAILOVER_RELEASE_GAP_PCT: u8 = 10;
+pub(crate) const FAILOVER_RELEASE_GAP_PCT: u8 = 10;
 /// Default `DB_STATEMENT_CACHE_SIZE` (every profile): 1000 prepared statements per connection.
-pub const DEFAULT_STATEMENT_CACHE_SIZE: usize = 1000;
+pub(crate) const DEFAULT_STATEMENT_CACHE_SIZE: usize = 1000;
 /// Default `DB_SLOW_QUERY_THRESHOLD` (every profile): 100 ms.
-pub const DEFAULT_SLOW_QUERY_THRESHOLD: Duration = Duration::from_millis(100);
+pub(crate) const DEFAULT_SLOW_QUERY_THRESHOLD: Duration = Duration::from_millis(100);
 /// Default `DB_HEALTH_CHECK_INTERVAL` in development: 60 s.
-pub const DEV_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+pub(crate) const DEV_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 /// Default `DB_HEALTH_CHECK_INTERVAL` in staging: 30 s.
-pub const STAGING_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const STAGING_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 /// Default `DB_HEALTH_CHECK_INTERVAL` in production: 30 s.
-pub const PRODUCTION_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const PRODUCTION_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 /// The shortest accepted `DB_HEALTH_CHECK_INTERVAL`: 1 s.
-pub const MIN_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const MIN_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Default `DB_APPLICATION_NAME` (every profile).
-pub const DEFAULT_APPLICATION_NAME: &str = "pgwarden";
+pub(crate) const DEFAULT_APPLICATION_NAME: &str = "pgwarden";
 /// PostgreSQL truncates `application_name` to this many bytes (NAMEDATALEN - 1).
-pub const MAX_APPLICATION_NAME_BYTES: usize = 63;
+pub(crate) const MAX_APPLICATION_NAME_BYTES: usize = 63;
 
 /// The primary pool: its size and the time limits of its connections.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,7 +205,8 @@ impl QueryConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetryConfig {
     /// `DB_RETRY_ATTEMPTS`: retries after the first attempt (3 = up to 4 attempts; 0 = never
-    /// retry). The delays are [`RETRY_DELAYS`]. Default: 3 in every profile.
+    /// retry). The delays are those of [`RetryConfig::delay_before`]. Default: 3 in every
+    /// profile.
     pub attempts: u32,
     /// `DB_RETRY_BUDGET`: the time a call may spend beyond its first attempt; no new attempt
     /// or backoff starts once it is spent. Default: 5 s in every profile.
@@ -239,7 +240,7 @@ pub struct FailoverConfig {
     /// enabled). Default: 10 development, 10 staging, 20 production.
     pub pool_max: u32,
     /// `DB_FAILOVER_THRESHOLD`: primary utilization in percent (1–100) at which the failover
-    /// pool engages; released [`FAILOVER_RELEASE_GAP_PCT`] points below.
+    /// pool engages; released 10 points below ([`FailoverConfig::release_pct`]).
     /// Default: 80 in every profile.
     pub threshold_pct: u8,
 }

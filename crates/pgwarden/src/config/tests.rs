@@ -293,7 +293,7 @@ fn effective_lists_every_variable_with_sources() {
         ("DB_FAILOVER_THRESHOLD", "90"),
     ]);
     let eff = c.effective();
-    assert_eq!(eff.len(), VARIABLES.len());
+    assert_eq!(eff.len(), super::load::VARIABLES.len());
     let get = |v: &str| eff.iter().find(|s| s.variable == v).unwrap().clone();
     assert_eq!(get("DB_PROFILE").value, "production");
     assert_eq!(get("DB_PROFILE").source, Source::Env("DB_PROFILE"));

@@ -155,7 +155,7 @@ fn zero_timeouts_are_problems() {
         let e = problems(&[(var, "0")]);
         assert_problem(&e, var, "is 0", "positive duration");
     }
-    let e = problems(&[("DB_RETRY_BUDGET", "0")]);
+    let e = problems(&[("DB_RETRY_BUDGET", "0"), ("DB_RETRY_ATTEMPTS", "3")]);
     assert_problem(&e, "DB_RETRY_BUDGET", "is 0", "DB_RETRY_ATTEMPTS=0");
     assert!(
         load(&[("DB_RETRY_BUDGET", "0"), ("DB_RETRY_ATTEMPTS", "0")])

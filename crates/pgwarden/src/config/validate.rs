@@ -14,6 +14,11 @@ impl Config {
     /// enabled failover pool of size 0, `sslmode=verify-*` without a root certificate, an
     /// `application_name` longer than PostgreSQL keeps.
     ///
+    /// Loading ([`Config::from_vars`], [`Config::from_env`]) first clamps a profile default
+    /// that contradicts a value the user set (`DB_POOL_MAX=4` alone lowers the default
+    /// `DB_POOL_MIN` to 4, shown as [`Source::Clamped`](super::Source::Clamped)); what is
+    /// left for these checks are values set on both sides of a rule, and changes made in code.
+    ///
     /// # Errors
     /// A [`ConfigError`] listing every problem, each with its variable, value and fix.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -138,7 +143,7 @@ impl Config {
         if self.failover.enabled && self.failover.pool_max == 0 {
             push(
                 "DB_FAILOVER_POOL_MAX",
-                "DB_FAILOVER_POOL_MAX is 0 while failover is enabled: the failover pool could never open a connection".into(),
+                "DB_FAILOVER_POOL_MAX is 0 while failover is enabled (DB_ENABLE_FAILOVER=true): the failover pool could never open a connection".into(),
                 format!(
                     "set DB_FAILOVER_POOL_MAX to 1 or more (the {p} default is {}), or DB_ENABLE_FAILOVER=false",
                     self.render_default("DB_FAILOVER_POOL_MAX")

@@ -12,7 +12,7 @@ use tokio_postgres::Row;
 use super::{ManagerOptions, PoolManager};
 use crate::conn::PgConn;
 use crate::error::Error;
-use crate::retry::{classify, RetryClock, Verdict};
+use crate::retry::{acquire_verdict, classify, RetryClock, Verdict};
 use crate::{PgConnector, PooledConnection};
 
 /// Statement parameters.
@@ -59,9 +59,7 @@ impl Op for Rows {
         sql: &'c str,
         params: Params<'c>,
     ) -> Result<Vec<Row>, Error> {
-        conn.query(sql, params)
-            .await
-            .map_err(|e| Error::Query(e, 0))
+        conn.query(sql, params).await.map_err(Error::query)
     }
 }
 
@@ -90,9 +88,7 @@ impl Op for Opt {
 impl Op for Exec {
     type Out = u64;
     async fn run<'c>(conn: &'c PgConn, sql: &'c str, params: Params<'c>) -> Result<u64, Error> {
-        conn.execute(sql, params)
-            .await
-            .map_err(|e| Error::Query(e, 0))
+        conn.execute(sql, params).await.map_err(Error::query)
     }
 }
 
@@ -142,7 +138,7 @@ impl<'a, O: Op> IntoFuture for Call<'a, O> {
 pub(super) struct Retrying<'a> {
     db: &'a PoolManager,
     started: Instant,
-    clock: RetryClock,
+    clock: RetryClock<'a>,
     what: &'a str,
 }
 
@@ -152,7 +148,7 @@ impl<'a> Retrying<'a> {
         Self {
             db,
             started: Instant::now(),
-            clock: RetryClock::new(opts.retry_attempts, opts.retry_budget),
+            clock: RetryClock::new(&opts.retry_delays, opts.retry_attempts, opts.retry_budget),
             what,
         }
     }
@@ -185,8 +181,12 @@ impl<'a> Retrying<'a> {
                     last: Box::new(e),
                 }),
             },
-            Err((Error::Query(pg, _), _)) => Err(Error::Query(pg, self.clock.retries())),
-            Err((e, _)) => Err(e),
+            Err((mut e, _)) => {
+                if let Error::Query { retries, .. } = &mut e {
+                    *retries = self.clock.retries();
+                }
+                Err(e)
+            }
         };
         self.db.inner.stats.call(self.started.elapsed(), &result);
         Some(result)
@@ -212,7 +212,8 @@ async fn run<O: Op>(
 pub(super) type AttemptResult<T> = Result<T, (Error, Verdict)>;
 
 /// A connection for one attempt; failing to get one is worth another attempt only when
-/// waiting may help (busy pool, server unreachable).
+/// waiting may help (see [`acquire_verdict`]: not for a pool that was exhausted the whole
+/// time).
 pub(super) async fn checkout(
     db: &PoolManager,
     deadline: Instant,
@@ -221,12 +222,10 @@ pub(super) async fn checkout(
     let got = db.inner.primary.get_until(deadline).await;
     db.inner.stats.acquire(0, started.elapsed());
     got.map_err(|e| {
-        let v = if e.is_transient() {
-            Verdict::Retry
-        } else {
-            Verdict::Fail
-        };
-        (e, v)
+        // No other pool yet: the failover router will answer "is there another pool to
+        // try?" here and move the retry of an exhausted pool there.
+        let v = acquire_verdict(&e, false);
+        (Error::Acquire(e), v)
     })
 }
 
@@ -327,7 +326,9 @@ where
     match tokio::time::timeout_at(grace_end, fut).await {
         // It finished just as the timeout fired: its result stands.
         Ok(Ok(v)) => (Ok(v), false),
-        Ok(Err(Error::Query(pg, _))) if pg.code().is_some_and(|c| c.code() == "57014") => {
+        Ok(Err(Error::Query { error, .. }))
+            if error.code().map(|c| c.code()) == Some(crate::sqlstate::QUERY_CANCELED) =>
+        {
             (Err((timeout_err(true), Verdict::Fail)), false)
         }
         Ok(Err(e)) => (Err(classify_error(e, conn, ctx)), false),
@@ -338,18 +339,37 @@ where
 /// The verdict on a statement's error. A failure before the execution was sent (while
 /// preparing, or on a connection already closed) ran nothing, so it is as safe to retry as an
 /// idempotent call.
+///
+/// The verdict is also written into the error ([`Error::is_retryable`]), with the reason when a
+/// usually transient failure is not retried.
 pub(super) fn classify_error(e: Error, conn: &PgConn, ctx: Ctx) -> (Error, Verdict) {
     match e {
-        Error::Query(pg, _) => {
+        Error::Query { error, .. } => {
             let executed = conn.reached_execution();
             let idempotent = ctx.idempotent || !executed;
-            match classify(&pg, idempotent, ctx.in_transaction, ctx.commit) {
-                Verdict::OutcomeUnknown => (Error::OutcomeUnknown(pg), Verdict::OutcomeUnknown),
-                Verdict::Retry if executed && !ctx.atomic && !ctx.idempotent => {
-                    (Error::Query(pg, 0), Verdict::Fail)
+            let verdict = classify(&error, idempotent, ctx.in_transaction, ctx.commit);
+            let rerun = crate::sqlstate::transaction_rerun(error.code().map(|c| c.code()));
+            let (verdict, not_retried) = match verdict {
+                Verdict::OutcomeUnknown => {
+                    return (Error::OutcomeUnknown { error }, Verdict::OutcomeUnknown)
                 }
-                v => (Error::Query(pg, 0), v),
-            }
+                Verdict::Retry if executed && !ctx.atomic && !ctx.idempotent => (
+                    Verdict::Fail,
+                    Some("a CALL or DO may have committed part of its work before it failed"),
+                ),
+                Verdict::Fail if ctx.in_transaction && rerun => (
+                    Verdict::Fail,
+                    Some("it ran inside a transaction, which is rerun whole when the body returns it"),
+                ),
+                v => (v, None),
+            };
+            let e = Error::Query {
+                error,
+                retries: 0,
+                retryable: verdict == Verdict::Retry,
+                not_retried,
+            };
+            (e, verdict)
         }
         other => (other, Verdict::Fail),
     }

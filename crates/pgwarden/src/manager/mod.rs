@@ -36,6 +36,9 @@ pub struct ManagerOptions {
     /// After a query timeout: bound on the cancel request, then on the statement ending.
     /// Default: 2 s.
     pub cancel_grace: Duration,
+    /// The backoff before each retry (the last one repeats), each with ±20% jitter.
+    /// Default: 100 ms, 500 ms, 2 s.
+    pub retry_delays: Vec<Duration>,
     /// `DB_HEALTH_CHECK_INTERVAL`: the health checker's period (at least 1 s); `None` runs no
     /// checker. Default: 60 s (the development profile).
     pub health_check_interval: Option<Duration>,
@@ -44,13 +47,19 @@ pub struct ManagerOptions {
 }
 
 impl Default for ManagerOptions {
+    /// The development profile's query and retry settings.
     fn default() -> Self {
+        // One source of defaults: the configuration's development profile.
+        let p = crate::config::Profile::Development;
+        let query = crate::config::QueryConfig::for_profile(p);
+        let retry = crate::config::RetryConfig::for_profile(p);
         Self {
-            query_timeout: Duration::from_secs(30),
-            slow_query_threshold: Duration::from_millis(100),
-            retry_attempts: 3,
-            retry_budget: Duration::from_secs(5),
+            query_timeout: query.query_timeout,
+            slow_query_threshold: query.slow_query_threshold,
+            retry_attempts: retry.attempts,
+            retry_budget: retry.budget,
             cancel_grace: Duration::from_secs(2),
+            retry_delays: crate::config::RETRY_DELAYS.to_vec(),
             health_check_interval: Some(
                 crate::config::HealthConfig::for_profile(crate::config::Profile::Development)
                     .interval,
@@ -164,12 +173,12 @@ impl PoolManager {
     /// through its raw client it is reset (ROLLBACK) when it comes back.
     ///
     /// # Errors
-    /// As [`Pool::get`].
+    /// [`Error::Acquire`], as [`Pool::get`].
     pub async fn get(&self) -> Result<PooledConnection<PgConnector>, Error> {
         let started = tokio::time::Instant::now();
         let got = self.inner.primary.get().await;
         self.inner.stats.acquire(0, started.elapsed());
-        got
+        Ok(got?)
     }
 
     /// The primary pool.

@@ -8,6 +8,7 @@ use tokio::time::Instant;
 use super::ManagerOptions;
 use crate::error::Error;
 use crate::metrics::{ErrorClass, Outcome, Recorder, RetryReason};
+use crate::pool::AcquireError;
 
 /// The manager's recorder, fed in the terms of the query path.
 pub(crate) struct QueryStats {
@@ -62,13 +63,13 @@ impl QueryStats {
 /// The class a failed call counts under: the last failure's, for exhausted retries.
 pub(crate) fn error_class(e: &Error) -> ErrorClass {
     match e {
-        Error::AcquireTimeout { .. } => ErrorClass::AcquireTimeout,
-        Error::Connect(_) => ErrorClass::Connect,
+        Error::Acquire(AcquireError::TimedOut { .. }) => ErrorClass::AcquireTimeout,
+        Error::Acquire(AcquireError::Connect(_)) => ErrorClass::Connect,
+        Error::Acquire(AcquireError::Closed) => ErrorClass::Closed,
         Error::QueryTimeout { .. } => ErrorClass::QueryTimeout,
-        Error::Query(..) => ErrorClass::Statement,
-        Error::OutcomeUnknown(_) => ErrorClass::OutcomeUnknown,
-        Error::RolledBack(_) => ErrorClass::RolledBack,
-        Error::Closed => ErrorClass::Closed,
+        Error::Query { .. } => ErrorClass::Statement,
+        Error::OutcomeUnknown { .. } => ErrorClass::OutcomeUnknown,
+        Error::RolledBack { .. } => ErrorClass::RolledBack,
         Error::RetriesExhausted { last, .. } => error_class(last),
         _ => ErrorClass::Other,
     }
@@ -77,8 +78,8 @@ pub(crate) fn error_class(e: &Error) -> ErrorClass {
 /// What a retry is counted under.
 pub(crate) fn retry_reason(e: &Error) -> RetryReason {
     match e {
-        Error::AcquireTimeout { .. } => RetryReason::AcquireTimeout,
-        Error::Connect(_) => RetryReason::Connect,
+        Error::Acquire(AcquireError::TimedOut { .. }) => RetryReason::AcquireTimeout,
+        Error::Acquire(_) => RetryReason::Connect,
         _ => match e.code() {
             Some("40001") => RetryReason::Serialization,
             Some("40P01") => RetryReason::Deadlock,

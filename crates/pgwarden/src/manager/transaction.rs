@@ -23,8 +23,8 @@ pub type TxFuture<'t, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send 
 pub struct Tx<'t> {
     conn: &'t PgConn,
     opts: &'t ManagerOptions,
-    /// The first failure that aborted the transaction on the server.
-    failed: Mutex<Option<String>>,
+    /// The first failure that aborted the transaction on the server, and its SQLSTATE.
+    failed: Mutex<Option<(String, Option<String>)>>,
     /// A statement timed out and did not provably end: the connection must be closed.
     discard: AtomicBool,
 }
@@ -51,8 +51,8 @@ impl<'t> Tx<'t> {
             // Server errors, a lost connection and a timeout abort the transaction; client-side
             // errors (a wrong row count, a parameter of the wrong type) do not.
             let aborts = match &e {
-                Error::Query(pg, _) | Error::OutcomeUnknown(pg) => {
-                    pg.code().is_some() || pg.is_closed()
+                Error::Query { error, .. } | Error::OutcomeUnknown { error } => {
+                    error.code().is_some() || error.is_closed()
                 }
                 Error::QueryTimeout { .. } => true,
                 _ => false,
@@ -60,7 +60,7 @@ impl<'t> Tx<'t> {
             if aborts {
                 let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
                 if failed.is_none() {
-                    *failed = Some(e.to_string());
+                    *failed = Some((e.to_string(), e.code().map(str::to_owned)));
                 }
             }
             e
@@ -72,13 +72,8 @@ impl<'t> Tx<'t> {
     /// # Errors
     /// [`Error::Query`] or [`Error::QueryTimeout`]; either aborts the transaction.
     pub async fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
-        self.run(async {
-            self.conn
-                .query(sql, params)
-                .await
-                .map_err(|e| Error::Query(e, 0))
-        })
-        .await
+        self.run(async { self.conn.query(sql, params).await.map_err(Error::query) })
+            .await
     }
 
     /// Exactly one row.
@@ -103,13 +98,8 @@ impl<'t> Tx<'t> {
     /// # Errors
     /// As [`Tx::query`].
     pub async fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, Error> {
-        self.run(async {
-            self.conn
-                .execute(sql, params)
-                .await
-                .map_err(|e| Error::Query(e, 0))
-        })
-        .await
+        self.run(async { self.conn.execute(sql, params).await.map_err(Error::query) })
+            .await
     }
 }
 
@@ -126,7 +116,14 @@ fn commit_failure(e: Error, v: Verdict) -> (Error, Verdict) {
 /// 40001 serialization failure, 40P01 deadlock: the transaction rolled back and running the
 /// whole body again may succeed.
 fn rerunnable(code: Option<&str>) -> bool {
-    matches!(code, Some("40001" | "40P01"))
+    crate::sqlstate::transaction_rerun(code)
+}
+
+fn rolled_back(reason: impl Into<String>, code: Option<String>) -> Error {
+    Error::RolledBack {
+        reason: reason.into(),
+        code,
+    }
 }
 
 impl PoolManager {
@@ -174,7 +171,7 @@ impl PoolManager {
         // Nothing has run before BEGIN is answered: any failure of it may be retried.
         conn.begin().await.map_err(|pg| {
             let v = classify(&pg, true, false, false);
-            (Error::Query(pg, 0), v)
+            (Error::query(pg), v)
         })?;
         // Cancellation safety: if this future is dropped from here on, the connection goes
         // back marked in-transaction and the pool rolls it back before reuse.
@@ -196,7 +193,7 @@ impl PoolManager {
                     commit,
                     atomic: true,
                 };
-                let fut = async move { pg.finish(commit).await.map_err(|e| Error::Query(e, 0)) };
+                let fut = async move { pg.finish(commit).await.map_err(Error::query) };
                 bounded(&self.inner.opts, pg, fut, ctx)
             };
             let mut discard = tx.discard.load(Relaxed);
@@ -205,10 +202,8 @@ impl PoolManager {
                 // transaction back on the server.
                 Err(match (out, failed) {
                     (Err(e), _) => (e, Verdict::Fail),
-                    (Ok(_), first) => (
-                        Error::RolledBack(first.unwrap_or_else(|| "a statement timed out".into())),
-                        Verdict::Fail,
-                    ),
+                    (Ok(_), Some((reason, code))) => (rolled_back(reason, code), Verdict::Fail),
+                    (Ok(_), None) => (rolled_back("a statement timed out", None), Verdict::Fail),
                 })
             } else {
                 match (out, failed) {
@@ -218,8 +213,9 @@ impl PoolManager {
                         let (r, d) = finish(false).await;
                         discard = d || r.is_err();
                         Err((
-                            Error::RolledBack(
-                                "a statement in the body was abandoned before it finished".into(),
+                            rolled_back(
+                                "a statement in the body was abandoned before it finished",
+                                None,
                             ),
                             Verdict::Fail,
                         ))
@@ -232,12 +228,12 @@ impl PoolManager {
                             Err((e, v)) => Err(commit_failure(e, v)),
                         }
                     }
-                    (Ok(_), Some(first)) => {
+                    (Ok(_), Some((reason, code))) => {
                         // The body swallowed a failed statement. COMMIT would quietly roll back;
                         // say so instead.
                         let (r, d) = finish(false).await;
                         discard = d || r.is_err();
-                        Err((Error::RolledBack(first), Verdict::Fail))
+                        Err((rolled_back(reason, code), Verdict::Fail))
                     }
                     (Err(e), _) => {
                         // If the rollback fails the connection stays marked and the pool resets it.

@@ -8,8 +8,8 @@ use tokio::time::Instant;
 
 use super::counters::{CloseReason, Counters};
 use super::state::{Handoff, Slot, Waiter};
+use super::AcquireError as Error;
 use super::{Connector, Inner};
-use crate::error::Error;
 
 /// A checked-out connection. Derefs to the connector's connection; dropping it returns the
 /// connection to the pool (or to the worker for a reset when it came back dirty).
@@ -253,7 +253,8 @@ pub(super) async fn acquire<C: Connector>(
 fn timed_out<C: Connector>(inner: &Inner<C>, start: Instant) -> Error {
     Counters::inc(&inner.counters.acquires_timed_out);
     let st = inner.lock();
-    Error::AcquireTimeout {
+    Error::TimedOut {
+        pool: inner.opts.name.clone(),
         waited: start.elapsed(),
         last_connect_error: st.last_error.clone(),
         status: st.status(inner.opts.max_size),

@@ -15,6 +15,7 @@
 //! backoff.
 
 mod counters;
+mod error;
 mod guard;
 mod state;
 mod worker;
@@ -31,9 +32,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 pub use counters::{ClosedCounters, PoolCounters};
+pub use error::{AcquireError, ConnectError};
 pub use guard::PooledConnection;
 
-use crate::error::{ConnectError, Error};
 use counters::Counters;
 use state::State;
 
@@ -138,15 +139,18 @@ pub struct PoolOptions {
 }
 
 impl Default for PoolOptions {
+    /// The development profile's pool settings ([`crate::config::PoolConfig::for_profile`]).
     fn default() -> Self {
+        // One source of defaults: the configuration's development profile.
+        let c = crate::config::PoolConfig::for_profile(crate::config::Profile::Development);
         Self {
             name: "primary".to_owned(),
-            max_size: 30,
-            min_idle: 5,
-            connect_timeout: Duration::from_secs(5),
-            acquire_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(60),
-            max_lifetime: Duration::from_secs(30 * 60),
+            max_size: c.max_size,
+            min_idle: c.min_idle,
+            connect_timeout: c.connect_timeout,
+            acquire_timeout: c.acquire_timeout,
+            idle_timeout: c.idle_timeout,
+            max_lifetime: c.max_lifetime,
             validation_window: Duration::from_secs(1),
             validation_timeout: Duration::from_secs(2),
             reset_timeout: Duration::from_secs(2),
@@ -290,9 +294,9 @@ impl<C: Connector> Pool<C> {
     /// Waits until `min_idle` connections are open, or fails with the reason they are not.
     ///
     /// # Errors
-    /// [`Error::Connect`] at the first permanent connect failure; [`Error::AcquireTimeout`] when
-    /// the minimum is not reached within the acquire timeout.
-    pub async fn prewarm(&self) -> Result<(), Error> {
+    /// [`AcquireError::Connect`] at the first permanent connect failure;
+    /// [`AcquireError::TimedOut`] when the minimum is not reached within the acquire timeout.
+    pub async fn prewarm(&self) -> Result<(), AcquireError> {
         let start = Instant::now();
         let deadline = start + self.inner.opts.acquire_timeout;
         loop {
@@ -304,12 +308,13 @@ impl<C: Connector> Pool<C> {
                     return Ok(());
                 }
                 if let Some(e) = st.last_error.as_ref().filter(|e| e.is_permanent()) {
-                    return Err(Error::Connect(e.clone()));
+                    return Err(AcquireError::Connect(e.clone()));
                 }
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 let st = self.inner.lock();
-                return Err(Error::AcquireTimeout {
+                return Err(AcquireError::TimedOut {
+                    pool: self.inner.opts.name.clone(),
                     waited: start.elapsed(),
                     last_connect_error: st.last_error.clone(),
                     status: st.status(self.inner.opts.max_size),
@@ -324,14 +329,15 @@ impl<C: Connector> Pool<C> {
     /// replaced without the caller seeing an error.
     ///
     /// # Errors
-    /// [`Error::AcquireTimeout`] (with the last connect error and a pool snapshot),
-    /// [`Error::Connect`] when connecting fails for a reason waiting cannot heal, [`Error::Closed`].
+    /// [`AcquireError::TimedOut`] (with the last connect error and a pool snapshot),
+    /// [`AcquireError::Connect`] when connecting fails for a reason waiting cannot heal,
+    /// [`AcquireError::Closed`].
     ///
     /// # Cancellation
     /// Dropping the future at any point leaks nothing: a waiter is removed from the queue, a
     /// connection handed to it in the meantime goes back to the pool, and a connection dropped
     /// in the middle of its validation ping is closed.
-    pub async fn get(&self) -> Result<PooledConnection<C>, Error> {
+    pub async fn get(&self) -> Result<PooledConnection<C>, AcquireError> {
         let deadline = Instant::now() + self.inner.opts.acquire_timeout;
         self.get_until(deadline).await
     }
@@ -340,7 +346,7 @@ impl<C: Connector> Pool<C> {
     ///
     /// # Errors
     /// As [`Pool::get`].
-    pub async fn get_until(&self, deadline: Instant) -> Result<PooledConnection<C>, Error> {
+    pub async fn get_until(&self, deadline: Instant) -> Result<PooledConnection<C>, AcquireError> {
         guard::acquire(&self.inner, deadline).await
     }
 

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::counters::CloseReason;
 use super::{Connector, Inner, KillSwitch, Status};
-use crate::error::ConnectError;
+use crate::pool::ConnectError;
 
 /// One connection the pool owns, with its timestamps. Kept boxed: a connection can be large
 /// (a `PgConn` is ~450 bytes), and it moves between the idle stack, hand-offs and guards on

@@ -256,7 +256,7 @@ async fn nested_acquire_times_out_with_snapshot_instead_of_hanging() {
     let err = pool.get().await.unwrap_err();
     assert!(started.elapsed() >= Duration::from_secs(2));
     let text = err.to_string();
-    assert!(matches!(err, Error::AcquireTimeout { .. }), "{text}");
+    assert!(matches!(err, AcquireError::TimedOut { .. }), "{text}");
     assert!(
         text.contains("size 1/1, idle 0, in use 1, waiting 0"),
         "{text}"
@@ -276,7 +276,7 @@ async fn timeout_carries_the_last_connect_error_and_connects_back_off() {
     let text = err.to_string();
     assert!(text.contains("connection refused"), "{text}");
     assert!(text.contains("timed out after 2000ms"), "{text}");
-    assert!(err.is_transient());
+    assert!(err.is_retryable());
     // 2 s of failures with backoff (50 ms doubling to 2 s, half-jittered): a handful, not a storm.
     let attempts = fake.0.connects_started.load(SeqCst);
     assert!((3..=12).contains(&attempts), "attempts {attempts}");
@@ -299,8 +299,8 @@ async fn permanent_connect_errors_fail_fast() {
     let started = Instant::now();
     let err = pool.get().await.unwrap_err();
     assert!(started.elapsed() < Duration::from_millis(100));
-    assert!(matches!(err, Error::Connect(_)), "{err}");
-    assert!(!err.is_transient());
+    assert!(matches!(err, AcquireError::Connect(_)), "{err}");
+    assert!(!err.is_retryable());
     assert!(err.to_string().contains("password authentication failed"));
     // Many callers at once: all fail at once, and the server sees no stampede.
     let mut tasks = Vec::new();
@@ -309,7 +309,7 @@ async fn permanent_connect_errors_fail_fast() {
         tasks.push(tokio::spawn(async move { p.get().await.map(drop) }));
     }
     for t in tasks {
-        assert!(matches!(t.await.unwrap(), Err(Error::Connect(_))));
+        assert!(matches!(t.await.unwrap(), Err(AcquireError::Connect(_))));
     }
     assert!(started.elapsed() < Duration::from_millis(100));
     assert!(fake.0.connects_started.load(SeqCst) <= 4);
@@ -348,7 +348,7 @@ async fn prewarm_reports_permanent_errors() {
     fake.set(&fake.0.connect, Mode::FailPermanent);
     let pool = Pool::new(fake.clone(), opts(10, 3));
     let err = pool.prewarm().await.unwrap_err();
-    assert!(matches!(err, Error::Connect(_)), "{err}");
+    assert!(matches!(err, AcquireError::Connect(_)), "{err}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -493,9 +493,9 @@ async fn close_wakes_waiters_refuses_new_acquires_and_kills_stragglers() {
         async move { p.close(Duration::from_secs(1)).await }
     });
     let r = waiter.await.unwrap();
-    assert!(matches!(r, Err(Error::Closed)));
-    assert!(matches!(pool.get().await, Err(Error::Closed)));
-    assert!(Error::Closed.to_string().contains("pool closed"));
+    assert!(matches!(r, Err(AcquireError::Closed)));
+    assert!(matches!(pool.get().await, Err(AcquireError::Closed)));
+    assert!(AcquireError::Closed.to_string().contains("pool closed"));
     // The held connection is killed at the grace deadline.
     closing.await.unwrap();
     assert!(held.closed.load(SeqCst));
@@ -548,7 +548,7 @@ async fn cancellation_at_every_await_point_keeps_books_right() {
                             c.dirty.store(dirty, SeqCst);
                             sleep(Duration::from_millis(20)).await;
                             drop(c);
-                            Ok::<_, Error>(())
+                            Ok::<_, AcquireError>(())
                         });
                         sleep(Duration::from_micros(after)).await;
                         task.abort();

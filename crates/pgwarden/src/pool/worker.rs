@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use super::counters::{CloseReason, Counters};
 use super::state::{connect_backoff, Handoff, Slot};
 use super::{Connector, Inner};
-use crate::error::ConnectError;
+use crate::pool::ConnectError;
 
 /// Longest the worker sleeps when nothing is due (it is woken early by releases and acquires).
 const MAX_NAP: Duration = Duration::from_secs(1);

@@ -5,6 +5,9 @@
 //! their own.
 
 mod common;
+mod config;
+mod conn_transaction;
+mod errors;
 mod manager;
 mod metrics;
 mod pool_basic;

@@ -104,7 +104,7 @@ async fn parameterized_and_mixed_queries_and_status() {
     // A wrong statement: a clear, final error naming the server's reason and SQLSTATE.
     let err = m.query("SELEC 1", &[]).await.unwrap_err();
     assert_eq!(err.code(), Some("42601"));
-    assert!(!err.is_transient() && !err.outcome_unknown());
+    assert!(!err.is_retryable() && !err.outcome_unknown());
     assert!(err.to_string().contains("syntax error"), "{err}");
     let snap = m.metrics();
     assert_eq!(snap.queries.total, 27);
@@ -196,7 +196,7 @@ async fn transactions_commit_or_roll_back_as_a_whole() {
         })
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::RolledBack(_)), "{err}");
+    assert!(matches!(err, Error::RolledBack { .. }), "{err}");
     let rows = m
         .query("SELECT bal FROM acct ORDER BY id", &[])
         .await
@@ -772,6 +772,14 @@ async fn procedures_are_not_retried_and_statement_errors_are_not_lost_sessions()
     let err = m.execute("CALL p()", &[]).await.unwrap_err();
     assert_eq!(err.code(), Some("40001"), "{err}");
     assert_eq!(m.metrics().queries.retries, before, "CALL was retried");
+    // The manager's verdict travels with the error, and says why.
+    assert!(!err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("not retried: a CALL"), "{err}");
+    assert_eq!(
+        err.db_error().map(|db| db.message()),
+        Some("conflict"),
+        "{err}"
+    );
     let n: i64 = m
         .query_one("SELECT count(*) FROM pc", &[])
         .await
@@ -785,10 +793,15 @@ async fn procedures_are_not_retried_and_statement_errors_are_not_lost_sessions()
         matches!(err, Error::RetriesExhausted { attempts: 3, .. }),
         "{err}"
     );
+    // The last failure is the source; the summary does not repeat it.
+    let last = std::error::Error::source(&err).expect("the last failure");
+    assert!(last.to_string().contains("40001"), "{last}");
+    assert!(!err.to_string().contains("40001"), "{err}");
+    assert!(err.is_retryable(), "{err}");
     assert_eq!(m.metrics().queries.retries, before + 2);
 
     let err = m.query_one("SELECT f('08006')", &[]).await.unwrap_err();
-    assert!(matches!(err, Error::Query(..)), "{err:?}");
+    assert!(matches!(err, Error::Query { .. }), "{err:?}");
     assert!(!err.outcome_unknown());
     assert_invariants(&server, m.pool(), &app).await;
 }

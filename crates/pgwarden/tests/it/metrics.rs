@@ -167,7 +167,10 @@ async fn acquire_timeouts_count_exactly() {
     let held = m.get().await.unwrap();
     for _ in 0..3 {
         let e = m.query_one("SELECT 1", &[]).await.unwrap_err();
-        assert!(matches!(e, Error::AcquireTimeout { .. }), "{e}");
+        assert!(
+            matches!(e, Error::Acquire(pgwarden::AcquireError::TimedOut { .. })),
+            "{e}"
+        );
     }
     let s = m.metrics();
     let p = &s.pools["primary"];

@@ -14,7 +14,7 @@ use crate::common::*;
 pub(crate) async fn assert_clean_checkout(pool: &pgwarden::PgPool) -> i32 {
     let conn = pool.get().await.unwrap();
     let err = conn
-        .client()
+        .client_marking_raw()
         .batch_execute("SAVEPOINT probe")
         .await
         .expect_err("handed out inside a transaction block");
@@ -71,7 +71,7 @@ async fn raw_begin_through_the_client_is_rolled_back() {
         .unwrap();
     {
         let c = pool.get().await.unwrap();
-        c.client()
+        c.client_marking_raw()
             .simple_query("BEGIN; INSERT INTO t VALUES (1)")
             .await
             .unwrap();
@@ -233,7 +233,7 @@ async fn reset_policy_discard_all_clears_session_state_after_raw_use() {
         let pool = pgwarden::Pool::new(connector, test_opts(1, 0));
         {
             let c = pool.get().await.unwrap();
-            c.client()
+            c.client_marking_raw()
                 .batch_execute(
                     "SET statement_timeout = '12345ms'; CREATE TEMP TABLE scratch (x int)",
                 )

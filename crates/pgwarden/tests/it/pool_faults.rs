@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pgwarden::config::SslMode;
-use pgwarden::{Error, Pool};
+use pgwarden::{AcquireError, Error, Pool};
 use pgwarden_testdb::{PgServer, StopMode};
 use tokio::time::Instant;
 
@@ -136,7 +136,7 @@ async fn outage_and_crash_recovery_back_off_and_heal() {
         started.elapsed()
     );
     let text = err.to_string();
-    assert!(matches!(err, Error::AcquireTimeout { .. }), "{text}");
+    assert!(matches!(err, AcquireError::TimedOut { .. }), "{text}");
     assert!(text.contains("last connect error"), "{text}");
     assert!(
         text.to_lowercase().contains("refused") || text.contains("No such file"),
@@ -249,7 +249,7 @@ async fn nested_acquire_times_out() {
     let started = Instant::now();
     let err = pool.get().await.unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(3));
-    assert!(matches!(err, Error::AcquireTimeout { .. }));
+    assert!(matches!(err, AcquireError::TimedOut { .. }));
     assert!(err.to_string().contains("in use 1"), "{err}");
     drop(held);
     assert_invariants(&server, &pool, &app).await;
@@ -374,8 +374,8 @@ async fn wrong_password_and_unknown_database_fail_fast_without_secrets() {
             "{:?}",
             started.elapsed()
         );
-        assert!(matches!(err, Error::Connect(_)), "{err}");
-        assert!(!err.is_transient());
+        assert!(matches!(err, AcquireError::Connect(_)), "{err}");
+        assert!(!err.is_retryable());
         for text in [err.to_string(), format!("{err:?}"), format!("{pool:?}")] {
             assert!(text.contains(expect) || text.contains("Pool"), "{text}");
             assert!(!text.contains(secret), "secret leaked: {text}");
@@ -424,9 +424,9 @@ async fn close_under_load_leaves_no_session() {
     pool.close(Duration::from_millis(500)).await;
     assert!(started.elapsed() < Duration::from_secs(3));
     for w in waiters {
-        assert!(matches!(w.await.unwrap(), Err(Error::Closed)));
+        assert!(matches!(w.await.unwrap(), Err(AcquireError::Closed)));
     }
-    assert!(matches!(pool.get().await, Err(Error::Closed)));
+    assert!(matches!(pool.get().await, Err(AcquireError::Closed)));
     eventually(Duration::from_secs(5), "no session left", || {
         let (srv, a) = (Arc::clone(&server), app.clone());
         async move { blocking(move || srv.sessions(&a).unwrap().is_empty()).await }

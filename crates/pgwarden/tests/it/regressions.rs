@@ -52,7 +52,7 @@ async fn regression_query_one_row_count_error_on_a_write_that_committed() {
         err.outcome_unknown()
     );
     assert!(
-        !(matches!(err, Error::Query(..)) && n > 0),
+        !(matches!(err, Error::Query { .. }) && n > 0),
         "reported `{err}` (a final failure, outcome known) but the UPDATE committed ({n} rows)"
     );
 }

@@ -3,17 +3,17 @@
 use std::sync::{Arc, OnceLock};
 
 use pgwarden::config::SslMode;
-use pgwarden::{Error, Pool, PoolOptions};
+use pgwarden::{AcquireError, Error, Pool, PoolOptions};
 use pgwarden_testdb::PgServer;
 
 use crate::common::*;
 
-fn tls_server() -> Arc<PgServer> {
+pub(crate) fn tls_server() -> Arc<PgServer> {
     static S: OnceLock<Arc<PgServer>> = OnceLock::new();
     Arc::clone(S.get_or_init(|| Arc::new(PgServer::builder().ssl(true).start().unwrap())))
 }
 
-fn cfg(host: &str, port: u16) -> tokio_postgres::Config {
+pub(crate) fn cfg(host: &str, port: u16) -> tokio_postgres::Config {
     format!("host={host} port={port} user=postgres dbname=postgres")
         .parse()
         .unwrap()
@@ -73,7 +73,10 @@ async fn verify_full_rejects_a_wrong_host_name_and_a_wrong_ca() {
     );
     let err = ssl_in_use(&pool).await.unwrap_err();
     let text = err.to_string();
-    assert!(matches!(err, Error::Connect(_)), "{text}");
+    assert!(
+        matches!(err, Error::Acquire(AcquireError::Connect(_))),
+        "{text}"
+    );
     assert!(text.to_lowercase().contains("certificate"), "{text}");
     assert!(text.contains("127.0.0.1"), "{text}");
 
@@ -90,7 +93,7 @@ async fn verify_full_rejects_a_wrong_host_name_and_a_wrong_ca() {
             text.to_lowercase().contains("certificate"),
             "{mode:?}: {text}"
         );
-        assert!(!err.is_transient(), "{text}");
+        assert!(!err.is_retryable(), "{text}");
     }
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -114,11 +117,15 @@ async fn require_never_falls_back_to_plaintext() {
 
 #[test]
 fn verify_modes_without_a_root_certificate_are_refused_up_front() {
+    let pg: tokio_postgres::Config = "host=localhost".parse().unwrap();
+    let connector = |mode, root: Option<&std::path::Path>| {
+        pgwarden::PgConnector::new(&pg, mode, root, pgwarden::ConnectOptions::default())
+    };
     for mode in [SslMode::VerifyCa, SslMode::VerifyFull] {
-        let err = pgwarden::tls::MakeRustls::new(mode, None).unwrap_err();
+        let err = connector(mode, None).unwrap_err();
         assert!(err.to_string().contains("root certificate"), "{err}");
     }
-    let err = pgwarden::tls::MakeRustls::new(
+    let err = connector(
         SslMode::VerifyFull,
         Some(std::path::Path::new("/nonexistent/ca.pem")),
     )

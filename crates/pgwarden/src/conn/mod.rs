@@ -1,0 +1,98 @@
+//! The connection a pool of [`crate::PgConnector`] hands out: tokio-postgres's client plus the
+//! bookkeeping that keeps it clean (statements in flight, open transaction, raw use) and its
+//! statement cache.
+//!
+//! One file per concern: [`sniff`] reads SQL text, [`cancel`] is the confirmed cancel,
+//! [`unnamed`] runs statements without naming them (cache off), [`cleanliness`] is the state
+//! that says whether the connection needs a reset, [`cache`] is the statement-cache glue,
+//! [`api`] the statement methods an application calls, and [`transaction`] the transactions.
+
+mod api;
+mod cache;
+mod cancel;
+mod cleanliness;
+mod sniff;
+mod transaction;
+mod unnamed;
+
+use std::sync::atomic::{AtomicBool, AtomicU32};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::task::AbortHandle;
+use tokio_postgres::{Client, Statement};
+
+use crate::statements::StatementCache;
+use crate::tls::MakeRustls;
+
+pub(crate) use cancel::CancelTarget;
+use cancel::Canceller;
+pub(crate) use sniff::first_keyword;
+pub use sniff::Sql;
+pub use transaction::PgTransaction;
+
+/// A connection handed out by a [`crate::Pool`] of [`crate::PgConnector`]. Its statement
+/// methods mirror tokio-postgres's and keep the connection's cleanliness tracked.
+pub struct PgConn {
+    client: Client,
+    cancel: Canceller,
+    driver: AbortHandle,
+    /// Bound on each statement of a [`PgTransaction`] and on its commit.
+    query_timeout: Duration,
+    /// Lock rule: held only to look up or insert, never across an `.await`.
+    cache: Mutex<StatementCache<Statement>>,
+    /// Statements sent through the tracked methods and not yet answered.
+    in_flight: AtomicU32,
+    /// A transaction opened with `transaction()` has not finished.
+    in_tx: AtomicBool,
+    /// The last statement got as far as its execution being sent (not only its preparation),
+    /// on a connection that was open: before that point, a failure ran nothing.
+    executing: AtomicBool,
+    /// Used in ways the pool cannot see through: reset before reuse.
+    raw: AtomicBool,
+}
+
+impl std::fmt::Debug for PgConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConn")
+            .field("closed", &self.client.is_closed())
+            .field("needs_reset", &self.needs_reset())
+            .finish()
+    }
+}
+
+impl PgConn {
+    pub(crate) fn new(
+        client: Client,
+        driver: AbortHandle,
+        tls: MakeRustls,
+        cancel_target: CancelTarget,
+        cache: Mutex<StatementCache<Statement>>,
+        query_timeout: Duration,
+    ) -> Self {
+        Self {
+            cancel: Canceller {
+                token: client.cancel_token(),
+                target: cancel_target,
+                tls,
+            },
+            client,
+            driver,
+            query_timeout,
+            cache,
+            in_flight: AtomicU32::new(0),
+            in_tx: AtomicBool::new(false),
+            executing: AtomicBool::new(false),
+            raw: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// The cheapest round trip (a Sync message).
+    pub(crate) async fn ping(&self) -> Result<(), tokio_postgres::Error> {
+        self.client.check_connection().await
+    }
+}

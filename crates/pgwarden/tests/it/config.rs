@@ -1,0 +1,64 @@
+//! Configuration as the manager sees it: settings that have no effect yet are named in one
+//! warning when the user set them, never for a profile's defaults.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pgwarden::{Config, PoolManager};
+
+use crate::common::shared_db;
+
+#[derive(Clone, Default)]
+struct Buf(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Buf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Builds a manager from `vars` (plus the URL) and returns the WARN log it wrote.
+async fn warnings_of_from_config(url: &str, vars: &[(&str, &str)]) -> String {
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mut all = vec![("DATABASE_URL", url), ("DB_POOL_MIN", "1")];
+    all.extend_from_slice(vars);
+    let config = Config::from_vars(all).unwrap();
+    let m = PoolManager::from_config(&config).await.unwrap();
+    m.close(Duration::from_secs(1)).await;
+    let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    log
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn from_config_warns_once_about_user_set_settings_without_effect() {
+    let (server, db) = shared_db();
+    let url = server.url(&db);
+    let log = warnings_of_from_config(
+        &url,
+        &[
+            ("DB_HEALTH_CHECK_INTERVAL", "10s"),
+            ("DB_FAILOVER_THRESHOLD", "70"),
+        ],
+    )
+    .await;
+    assert_eq!(log.matches("no effect yet").count(), 1, "{log}");
+    assert!(log.contains("DB_FAILOVER_THRESHOLD"), "{log}");
+    // The health checker is built: its interval has an effect.
+    assert!(!log.contains("DB_HEALTH_CHECK_INTERVAL"), "{log}");
+    assert!(!log.contains("DB_ENABLE_FAILOVER"), "{log}");
+
+    // Production's defaults enable failover, but the user set nothing: no warning.
+    let log = warnings_of_from_config(&url, &[("DB_PROFILE", "production")]).await;
+    assert!(!log.contains("no effect yet"), "{log}");
+}
