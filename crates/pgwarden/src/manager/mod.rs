@@ -174,11 +174,23 @@ impl PoolManager {
     ///
     /// # Errors
     /// [`Error::Acquire`], as [`Pool::get`].
-    pub async fn get(&self) -> Result<PooledConnection<PgConnector>, Error> {
-        let started = tokio::time::Instant::now();
-        let got = self.inner.primary.get().await;
-        self.inner.stats.acquire(0, started.elapsed());
-        Ok(got?)
+    // A plain function returning a future: `#[track_caller]` does nothing on an `async fn`,
+    // and leak detection reports the caller's file and line.
+    #[track_caller]
+    pub fn get(
+        &self,
+    ) -> impl std::future::Future<Output = Result<PooledConnection<PgConnector>, Error>> + Send + '_
+    {
+        let at = std::panic::Location::caller();
+        async move {
+            let started = tokio::time::Instant::now();
+            let deadline = started + self.inner.primary.options().acquire_timeout;
+            let got = self.inner.primary.get_until(deadline).await;
+            self.inner.stats.acquire(0, started.elapsed());
+            let mut conn = got?;
+            PooledConnection::watch_leak(&mut conn, at);
+            Ok(conn)
+        }
     }
 
     /// The primary pool.

@@ -1,6 +1,7 @@
 //! Transactions whose whole body is rerun on serialization failures and deadlocks.
 
 use std::future::Future;
+use std::panic::Location;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Mutex;
@@ -149,25 +150,40 @@ impl PoolManager {
     /// The body's error; [`Error::OutcomeUnknown`] when the connection was lost during COMMIT;
     /// [`Error::RolledBack`] when a statement failed but the body still returned `Ok`;
     /// [`Error::RetriesExhausted`] when reruns ran out.
-    pub async fn transaction<T, F>(&self, mut body: F) -> Result<T, Error>
+    // A plain function returning a future: `#[track_caller]` does nothing on an `async fn`,
+    // and leak detection reports the caller's file and line.
+    #[track_caller]
+    pub fn transaction<'a, T, F>(
+        &'a self,
+        mut body: F,
+    ) -> impl Future<Output = Result<T, Error>> + Send + 'a
     where
-        T: Send,
-        F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
+        T: Send + 'a,
+        F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send + 'a,
     {
-        let mut retrying = Retrying::new(self, "transaction");
-        loop {
-            let outcome = self.tx_attempt(&mut body, retrying.deadline()).await;
-            if let Some(result) = retrying.next(outcome).await {
-                return result;
+        let at = Location::caller();
+        async move {
+            let mut retrying = Retrying::new(self, "transaction");
+            loop {
+                let outcome = self.tx_attempt(&mut body, retrying.deadline(), at).await;
+                if let Some(result) = retrying.next(outcome).await {
+                    return result;
+                }
             }
         }
     }
 
-    async fn tx_attempt<T, F>(&self, body: &mut F, deadline: Instant) -> Result<T, (Error, Verdict)>
+    async fn tx_attempt<T, F>(
+        &self,
+        body: &mut F,
+        deadline: Instant,
+        at: &'static Location<'static>,
+    ) -> Result<T, (Error, Verdict)>
     where
         F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T>,
     {
-        let conn = checkout(self, deadline).await?;
+        let mut conn = checkout(self, deadline).await?;
+        PooledConnection::watch_leak(&mut conn, at);
         // Nothing has run before BEGIN is answered: any failure of it may be retried.
         conn.begin().await.map_err(|pg| {
             let v = classify(&pg, true, false, false);

@@ -157,6 +157,18 @@ pub(crate) fn render(s: &Snapshot, fig: &Figures, pool_names: &[&str]) -> String
         );
     }
     o.head(
+        "pgwarden_leaks_total",
+        "counter",
+        "Checkouts held longer than DB_LEAK_DETECTION_THRESHOLD.",
+    );
+    for (n, p) in pools() {
+        o.sample(
+            "pgwarden_leaks_total",
+            &[("pool", n)],
+            p.connections.leaks as f64,
+        );
+    }
+    o.head(
         "pgwarden_connections_closed_total",
         "counter",
         "Connections closed, by reason.",

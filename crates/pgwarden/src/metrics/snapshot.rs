@@ -92,6 +92,8 @@ pub struct ConnectionCounters {
     pub closed: ClosedCounters,
     /// Connect attempts that failed.
     pub connect_failures: u64,
+    /// Checkouts held longer than `DB_LEAK_DETECTION_THRESHOLD` (0 while it is off).
+    pub leaks: u64,
     /// Acquisitions served by a connection used before, in percent (0 without acquisitions).
     pub reuse_rate_pct: f64,
 }
@@ -102,6 +104,7 @@ impl ConnectionCounters {
             opened: k.opened,
             closed: k.closed.clone(),
             connect_failures: k.connect_failures,
+            leaks: k.leaks,
             reuse_rate_pct: k.reuse_rate_pct(),
         }
     }
@@ -338,6 +341,7 @@ pub(crate) fn build(
         acquires.add(&a);
         conns.opened += k.opened;
         conns.connect_failures += k.connect_failures;
+        conns.leaks += k.leaks;
         add_closed(&mut conns.closed, &k.closed);
         reused += k.reused;
         cache.hits += p.cache.hits;
