@@ -42,6 +42,8 @@ mod conn;
 pub mod connect;
 pub mod error;
 pub mod health;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod manager;
 pub mod metrics;
 pub mod pool;

@@ -16,8 +16,7 @@ impl PoolOptions {
         o.acquire_timeout = pool.acquire_timeout;
         o.idle_timeout = pool.idle_timeout;
         o.max_lifetime = pool.max_lifetime;
-        o.leak_detection_threshold =
-            Some(pool.leak_detection_threshold).filter(|t| !t.is_zero());
+        o.leak_detection_threshold = Some(pool.leak_detection_threshold).filter(|t| !t.is_zero());
         o
     }
 }

@@ -8,6 +8,8 @@ mod common;
 mod config;
 mod conn_transaction;
 mod errors;
+mod http;
+mod leak;
 mod manager;
 mod metrics;
 mod pool_basic;
