@@ -131,3 +131,43 @@ pub(crate) async fn wait_until_running(server: &Arc<PgServer>, app: &str, needle
     })
     .await;
 }
+
+/// Log lines written through `tracing` while the returned guard lives (this thread only), at
+/// `level` and above, without colours: read them with [`LogCapture::text`].
+pub(crate) struct LogCapture {
+    buf: Arc<std::sync::Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+#[derive(Clone)]
+struct CaptureWriter(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CaptureWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogCapture {
+    /// Starts capturing on this thread (use a current-thread runtime).
+    pub(crate) fn start(level: tracing::Level) -> Self {
+        let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = CaptureWriter(buf.clone());
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        Self { buf, _guard }
+    }
+
+    /// Everything captured so far.
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buf.lock().unwrap()).into_owned()
+    }
+}

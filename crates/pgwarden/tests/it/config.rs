@@ -1,43 +1,21 @@
 //! Configuration as the manager sees it: settings that have no effect yet are named in one
 //! warning when the user set them, never for a profile's defaults.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pgwarden::{Config, PoolManager};
 
-use crate::common::shared_db;
-
-#[derive(Clone, Default)]
-struct Buf(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Buf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use crate::common::{shared_db, LogCapture};
 
 /// Builds a manager from `vars` (plus the URL) and returns the WARN log it wrote.
 async fn warnings_of_from_config(url: &str, vars: &[(&str, &str)]) -> String {
-    let buf = Buf::default();
-    let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let log = LogCapture::start(tracing::Level::WARN);
     let mut all = vec![("DATABASE_URL", url), ("DB_POOL_MIN", "1")];
     all.extend_from_slice(vars);
     let config = Config::from_vars(all).unwrap();
     let m = PoolManager::from_config(&config).await.unwrap();
     m.close(Duration::from_secs(1)).await;
-    let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-    log
+    log.text()
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -625,25 +625,7 @@ async fn ledger_loses_and_duplicates_nothing_while_backends_are_killed() {
 /// their parameter values.
 #[tokio::test(flavor = "current_thread")]
 async fn slow_statements_are_logged_without_parameter_values() {
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let buf = Buf::default();
-    let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let capture = LogCapture::start(tracing::Level::WARN);
 
     let (server, db) = shared_db();
     let mut mo = mopts();
@@ -662,7 +644,7 @@ async fn slow_statements_are_logged_without_parameter_values() {
     let q = m.metrics().queries;
     assert_eq!(q.slow, 1);
     assert!(q.slow_per_min > 0.0);
-    let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let log = capture.text();
     assert!(log.contains("slow query"), "{log}");
     assert!(
         log.contains("SELECT length($1::text) FROM pg_sleep(0.15)"),
