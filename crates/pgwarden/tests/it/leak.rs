@@ -1,37 +1,19 @@
 //! Leak detection: a checkout held past `DB_LEAK_DETECTION_THRESHOLD` is logged once with the
 //! caller's file and line, logged again when it comes back, and counted.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pgwarden::{ManagerOptions, PoolManager};
-use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::common::*;
 
-/// Log lines written by the subscriber of one test.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn lines(&self, needle: &str) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .lines()
-            .filter(|l| l.contains(needle))
-            .map(str::to_owned)
-            .collect()
-    }
+/// The captured lines containing `needle`.
+fn lines(log: &LogCapture, needle: &str) -> Vec<String> {
+    log.text()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A transaction body that holds its connection for 500 ms.
@@ -48,14 +30,7 @@ const BACK: &str = "reported as leaked came back";
 /// Current-thread runtime: the subscriber set for this thread sees the timer task's events.
 #[tokio::test]
 async fn a_checkout_held_past_the_threshold_is_logged_with_its_caller_and_counted() {
-    let log = Captured::default();
-    let sink = log.clone();
-    let _sub = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .with_writer(move || sink.clone())
-        .finish()
-        .set_default();
+    let log = LogCapture::start(tracing::Level::INFO);
 
     let (server, db) = shared_db();
     let mut opts = test_opts(2, 0);
@@ -71,17 +46,17 @@ async fn a_checkout_held_past_the_threshold_is_logged_with_its_caller_and_counte
     let conn = m.get().await.unwrap();
     let here = format!("{}:{}:", file!(), line!() - 1);
     eventually(Duration::from_secs(5), "the leak reported", || async {
-        !log.lines(LEAKED).is_empty()
+        !lines(&log, LEAKED).is_empty()
     })
     .await;
     // Still held well past the threshold: reported once, not again.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let leaked = log.lines(LEAKED);
+    let leaked = lines(&log, LEAKED);
     assert_eq!(leaked.len(), 1, "{leaked:?}");
     assert!(leaked[0].contains(&here), "{here} in {leaked:?}");
     assert!(leaked[0].contains("WARN"), "{leaked:?}");
     assert!(leaked[0].contains("held_ms="), "{leaked:?}");
-    assert!(log.lines(BACK).is_empty());
+    assert!(lines(&log, BACK).is_empty());
     assert_eq!(m.pool().counters().leaks, 1);
     assert_eq!(m.metrics().connections.leaks, 1);
     assert!(
@@ -92,7 +67,7 @@ async fn a_checkout_held_past_the_threshold_is_logged_with_its_caller_and_counte
     );
 
     drop(conn);
-    let back = log.lines(BACK);
+    let back = lines(&log, BACK);
     assert_eq!(back.len(), 1, "{back:?}");
     assert!(back[0].contains(&here), "{here} in {back:?}");
     let held: u64 = back[0]
@@ -107,10 +82,10 @@ async fn a_checkout_held_past_the_threshold_is_logged_with_its_caller_and_counte
     let run = m.transaction(slow_body);
     let tx_here = format!("{}:{}:", file!(), line!() - 1);
     assert_eq!(run.await.unwrap(), 1);
-    let leaked = log.lines(LEAKED);
+    let leaked = lines(&log, LEAKED);
     assert_eq!(leaked.len(), 2, "{leaked:?}");
     assert!(leaked[1].contains(&tx_here), "{tx_here} in {leaked:?}");
-    assert_eq!(log.lines(BACK).len(), 2);
+    assert_eq!(lines(&log, BACK).len(), 2);
     assert_eq!(m.metrics().connections.leaks, 2);
     assert_invariants(&server, m.pool(), &app).await;
 }
