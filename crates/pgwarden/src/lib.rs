@@ -41,7 +41,11 @@ pub mod config;
 mod conn;
 pub mod connect;
 pub mod error;
+pub mod health;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod manager;
+pub mod metrics;
 pub mod pool;
 mod retry;
 mod setup;

@@ -16,6 +16,7 @@ impl PoolOptions {
         o.acquire_timeout = pool.acquire_timeout;
         o.idle_timeout = pool.idle_timeout;
         o.max_lifetime = pool.max_lifetime;
+        o.leak_detection_threshold = Some(pool.leak_detection_threshold).filter(|t| !t.is_zero());
         o
     }
 }
@@ -42,6 +43,8 @@ impl ManagerOptions {
             retry_attempts: config.retry.attempts,
             retry_budget: config.retry.budget,
             retry_delays: crate::config::RETRY_DELAYS.to_vec(),
+            health_check_interval: Some(config.health.interval),
+            health_thresholds: config.health.thresholds.clone(),
             ..ManagerOptions::default()
         }
     }
@@ -90,10 +93,7 @@ impl PoolManager {
         let idle = config.set_but_not_yet_effective();
         if !idle.is_empty() {
             // Once per manager: the user expects these to do something, and they do not yet.
-            tracing::warn!(
-                "settings with no effect yet (health checks are not built): {}",
-                idle.join(", ")
-            );
+            tracing::warn!("settings with no effect yet: {}", idle.join(", "));
         }
         let Some(target) = config.database_url.as_ref() else {
             return Err(BuildError::Config(ConfigError {
@@ -124,12 +124,7 @@ impl PoolManager {
             _ => None,
         };
         pool.prewarm().await.map_err(BuildError::Prewarm)?;
-        let m = PoolManager::with_failover(
-            pool,
-            failover,
-            Some(config.health.interval),
-            ManagerOptions::from_config(config),
-        );
+        let m = PoolManager::with_failover(pool, failover, ManagerOptions::from_config(config));
         m.router().refresh_topology().await;
         Ok(m)
     }

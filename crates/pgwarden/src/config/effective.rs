@@ -127,6 +127,8 @@ impl Config {
             "DB_SLOW_QUERY_THRESHOLD" => d(self.query.slow_query_threshold),
             "DB_HEALTH_CHECK_INTERVAL" => d(self.health.interval),
             "DB_APPLICATION_NAME" => self.pool.application_name.clone(),
+            // "0ms" is off; rendered values parse back, so no "(off)" here.
+            "DB_LEAK_DETECTION_THRESHOLD" => d(self.pool.leak_detection_threshold),
             "DB_SSL_ROOT_CERT" => self
                 .tls
                 .root_cert

@@ -12,7 +12,7 @@ use super::{Config, ConfigError, DbTarget, Problem, Profile, Source};
 /// Every variable pgwarden reads, in the order of DESIGN.md's table (`APP_ENV`, the host
 /// application's variable, is read for the profile only). `PGWARDEN_PG_BIN` belongs to the
 /// test harness and the CLI.
-pub(crate) const VARIABLES: [&str; 21] = [
+pub(crate) const VARIABLES: [&str; 22] = [
     "DB_PROFILE",
     "APP_ENV",
     "DATABASE_URL",
@@ -34,6 +34,7 @@ pub(crate) const VARIABLES: [&str; 21] = [
     "DB_HEALTH_CHECK_INTERVAL",
     "DB_APPLICATION_NAME",
     "DB_SSL_ROOT_CERT",
+    "DB_LEAK_DETECTION_THRESHOLD",
 ];
 
 /// Variables that are not pgwarden's configuration but must not get "did you mean" warnings.
@@ -311,6 +312,12 @@ pub(crate) fn load(
         "DB_SSL_ROOT_CERT",
         |s| Ok(PathBuf::from(s)),
         |c, v| c.tls.root_cert = Some(v),
+    );
+    l.field(
+        &mut cfg,
+        "DB_LEAK_DETECTION_THRESHOLD",
+        parse_duration,
+        |c, v| c.pool.leak_detection_threshold = v,
     );
 
     for name in l.vars.keys() {

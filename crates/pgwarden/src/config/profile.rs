@@ -125,6 +125,10 @@ pub(crate) const STAGING_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(3
 pub(crate) const PRODUCTION_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 /// The shortest accepted `DB_HEALTH_CHECK_INTERVAL`: 1 s.
 pub(crate) const MIN_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Default `DB_LEAK_DETECTION_THRESHOLD` (every profile): 0, off.
+pub(crate) const DEFAULT_LEAK_DETECTION_THRESHOLD: Duration = Duration::ZERO;
+/// The shortest accepted non-zero `DB_LEAK_DETECTION_THRESHOLD`: 100 ms.
+pub(crate) const MIN_LEAK_DETECTION_THRESHOLD: Duration = Duration::from_millis(100);
 /// Default `DB_APPLICATION_NAME` (every profile).
 pub(crate) const DEFAULT_APPLICATION_NAME: &str = "pgwarden";
 /// PostgreSQL truncates `application_name` to this many bytes (NAMEDATALEN - 1).
@@ -154,6 +158,11 @@ pub struct PoolConfig {
     /// `DB_APPLICATION_NAME`: the `application_name` of every connection (at most 63 bytes).
     /// Default: `pgwarden` in every profile.
     pub application_name: String,
+    /// `DB_LEAK_DETECTION_THRESHOLD`: a checkout (`get()`, a transaction) held longer than
+    /// this is logged at WARN with the caller's file and line, and counted; 0 = off (at least
+    /// 100 ms otherwise). Default: 0 (off) in every profile.
+    #[serde(default)]
+    pub leak_detection_threshold: Duration,
 }
 
 impl PoolConfig {
@@ -172,6 +181,7 @@ impl PoolConfig {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_lifetime: DEFAULT_MAX_LIFETIME,
             application_name: DEFAULT_APPLICATION_NAME.to_string(),
+            leak_detection_threshold: DEFAULT_LEAK_DETECTION_THRESHOLD,
         }
     }
 }

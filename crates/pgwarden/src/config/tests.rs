@@ -56,6 +56,7 @@ fn every_variable_is_parsed_into_the_config() {
         ("DB_SLOW_QUERY_THRESHOLD", "250ms"),
         ("DB_HEALTH_CHECK_INTERVAL", "2m"),
         ("DB_APPLICATION_NAME", "orders-api"),
+        ("DB_LEAK_DETECTION_THRESHOLD", "30s"),
         ("DB_SSL_ROOT_CERT", "/etc/ssl/ca.pem"),
     ]);
     assert_eq!(c.profile, Profile::Staging);
@@ -72,6 +73,7 @@ fn every_variable_is_parsed_into_the_config() {
             idle_timeout: ms(90_000),
             max_lifetime: ms(3_600_000),
             application_name: "orders-api".into(),
+            leak_detection_threshold: ms(30_000),
         }
     );
     assert_eq!(

@@ -194,6 +194,35 @@ fn application_name_longer_than_postgres_keeps() {
 }
 
 #[test]
+fn leak_detection_threshold_is_off_by_default_and_at_least_100ms_when_on() {
+    for p in [Profile::Development, Profile::Staging, Profile::Production] {
+        assert_eq!(
+            PoolConfig::for_profile(p).leak_detection_threshold,
+            std::time::Duration::ZERO
+        );
+    }
+    let e = problems(&[("DB_LEAK_DETECTION_THRESHOLD", "50ms")]);
+    assert_problem(
+        &e,
+        "DB_LEAK_DETECTION_THRESHOLD",
+        "under 100ms",
+        "0 (off) or 100ms or more",
+    );
+    assert_eq!(
+        load(&[("DB_LEAK_DETECTION_THRESHOLD", "0")])
+            .pool
+            .leak_detection_threshold,
+        std::time::Duration::ZERO
+    );
+    assert_eq!(
+        load(&[("DB_LEAK_DETECTION_THRESHOLD", "30s")])
+            .pool
+            .leak_detection_threshold,
+        ms(30_000)
+    );
+}
+
+#[test]
 fn non_utf8_value_is_a_problem_not_a_panic() {
     use std::ffi::OsString;
     use std::os::unix::ffi::OsStringExt;

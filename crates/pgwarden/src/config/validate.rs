@@ -5,6 +5,7 @@ use std::time::Duration;
 use super::parse::format_duration;
 use super::{
     Config, ConfigError, DbTarget, Problem, MAX_APPLICATION_NAME_BYTES, MIN_HEALTH_CHECK_INTERVAL,
+    MIN_LEAK_DETECTION_THRESHOLD,
 };
 
 impl Config {
@@ -120,6 +121,17 @@ impl Config {
                 "DB_RETRY_BUDGET",
                 format!("DB_RETRY_BUDGET is 0 but DB_RETRY_ATTEMPTS is {}: no retry could ever start", self.retry.attempts),
                 "set DB_RETRY_BUDGET to a positive duration such as 5s, or DB_RETRY_ATTEMPTS=0 to disable retries".into(),
+            );
+        }
+        let leak = self.pool.leak_detection_threshold;
+        if !leak.is_zero() && leak < MIN_LEAK_DETECTION_THRESHOLD {
+            push(
+                "DB_LEAK_DETECTION_THRESHOLD",
+                format!(
+                    "DB_LEAK_DETECTION_THRESHOLD={} is under 100ms (almost every checkout would be reported)",
+                    format_duration(leak)
+                ),
+                "set DB_LEAK_DETECTION_THRESHOLD to 0 (off) or 100ms or more, e.g. 30s".into(),
             );
         }
         if self.health.interval < MIN_HEALTH_CHECK_INTERVAL {

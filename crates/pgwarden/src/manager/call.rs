@@ -195,7 +195,7 @@ impl<'a> Retrying<'a> {
             Ok(v) => Ok(v),
             Err((e, Verdict::Retry)) => match self.clock.next_delay(Instant::now()) {
                 Some(delay) => {
-                    self.db.inner.stats.retry();
+                    self.db.inner.stats.retry(&e);
                     tracing::debug!(call = self.what, error = %e, delay_ms = delay.as_millis() as u64, "retrying");
                     tokio::time::sleep(delay).await;
                     return None;
@@ -249,7 +249,10 @@ pub(super) async fn checkout(
 ) -> Result<(PooledConnection<PgConnector>, PoolId), (Error, Verdict)> {
     let router = &db.inner.router;
     let id = router.pick(n, marking);
-    match router.pool(id).get_until(deadline).await {
+    let started = Instant::now();
+    let got = router.pool(id).get_until(deadline).await;
+    db.inner.stats.acquire(id.index(), started.elapsed());
+    match got {
         Ok(conn) => {
             router.note_reachable(id, true);
             Ok((conn, id))

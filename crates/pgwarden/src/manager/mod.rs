@@ -6,25 +6,27 @@ mod call;
 pub mod route;
 mod router;
 mod stats;
-mod topology_task;
 mod transaction;
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 pub use call::{Call, Exec, One, Op, Opt, Params, Rows};
 pub use router::Router;
-pub use stats::{ConnectionCounters, PoolSnapshot, QueryCounters, Snapshot};
 pub use transaction::{Tx, TxFuture};
 
+pub use crate::metrics::{ConnectionCounters, PoolSnapshot, QueryCounters, Snapshot};
+
+use crate::config::HealthThresholds;
 use crate::connect::PgConnector;
 use crate::error::Error;
+use crate::metrics::{FailoverSnapshot, PoolInput};
 use crate::pool::{Pool, PooledConnection};
-use route::{FailoverStats, Marking, PoolId};
+use route::{FailoverStats, Marking};
 use stats::QueryStats;
 
 /// Time limits and retry policy of the query path. `Default` gives the profiles' values.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct ManagerOptions {
     /// One statement's execution; on expiry the server is sent a CancelRequest. Default: 30 s.
@@ -41,6 +43,11 @@ pub struct ManagerOptions {
     /// The backoff before each retry (the last one repeats), each with ±20% jitter.
     /// Default: 100 ms, 500 ms, 2 s.
     pub retry_delays: Vec<Duration>,
+    /// `DB_HEALTH_CHECK_INTERVAL`: the health checker's period (at least 1 s); `None` runs no
+    /// checker. Default: 60 s (the development profile).
+    pub health_check_interval: Option<Duration>,
+    /// Where the health grades change. Default: DESIGN.md's table.
+    pub health_thresholds: HealthThresholds,
 }
 
 impl Default for ManagerOptions {
@@ -57,6 +64,11 @@ impl Default for ManagerOptions {
             retry_budget: retry.budget,
             cancel_grace: Duration::from_secs(2),
             retry_delays: crate::config::RETRY_DELAYS.to_vec(),
+            health_check_interval: Some(
+                crate::config::HealthConfig::for_profile(crate::config::Profile::Development)
+                    .interval,
+            ),
+            health_thresholds: HealthThresholds::default(),
         }
     }
 }
@@ -65,14 +77,14 @@ struct Shared {
     router: Arc<Router>,
     opts: ManagerOptions,
     stats: QueryStats,
-    /// The periodic role probe; aborted with the manager.
-    probe_task: Option<tokio::task::AbortHandle>,
+    /// The health checker (which also probes roles), aborted with the manager.
+    checker: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        if let Some(t) = &self.probe_task {
-            t.abort();
+        if let Some(h) = self.checker.get_mut().ok().and_then(Option::take) {
+            h.abort();
         }
     }
 }
@@ -100,6 +112,17 @@ impl FailoverOptions {
     }
 }
 
+/// A manager that does not keep it alive (for background tasks).
+#[derive(Clone)]
+pub(crate) struct WeakManager(Weak<Shared>);
+
+impl WeakManager {
+    /// The manager, if it still exists.
+    pub(crate) fn upgrade(&self) -> Option<PoolManager> {
+        self.0.upgrade().map(|inner| PoolManager { inner })
+    }
+}
+
 /// The pool manager. Cheap to clone: clones share everything.
 #[derive(Clone)]
 pub struct PoolManager {
@@ -116,22 +139,22 @@ impl std::fmt::Debug for PoolManager {
 }
 
 impl PoolManager {
-    /// A manager over `primary` alone, with no periodic role probe (a 25006 still re-checks
-    /// the roles).
+    /// A manager over `primary` alone. Starts the health checker (see
+    /// [`ManagerOptions::health_check_interval`]), so it must be called inside a Tokio runtime.
     pub fn new(primary: Pool<PgConnector>, opts: ManagerOptions) -> Self {
-        Self::with_failover(primary, None, None, opts)
+        Self::with_failover(primary, None, opts)
     }
 
-    /// A manager over `primary` and, when given, a failover pool; roles are probed every
-    /// `probe_interval` when given (`DB_HEALTH_CHECK_INTERVAL`). Call
-    /// [`Router::refresh_topology`] once at start-up to know the roles before the first call.
+    /// A manager over `primary` and, when given, a failover pool. The health checker, which
+    /// also probes the roles, runs every [`ManagerOptions::health_check_interval`] (every
+    /// 250 ms while the primary is down or read-only). Call [`Router::refresh_topology`] once
+    /// at start-up to know the roles before the first call.
     ///
     /// # Panics
-    /// When called outside a tokio runtime with a `probe_interval`.
+    /// When called outside a tokio runtime with a health-check interval.
     pub fn with_failover(
         primary: Pool<PgConnector>,
         failover: Option<FailoverOptions>,
-        probe_interval: Option<Duration>,
         opts: ManagerOptions,
     ) -> Self {
         let probe_timeout = primary
@@ -142,6 +165,7 @@ impl PoolManager {
             Some(f) => (Some(f.pool), f.same_target, f.threshold_pct),
             None => (None, false, 100),
         };
+        let pools = if failover.is_some() { 2 } else { 1 };
         let router = Arc::new(Router::new(
             primary,
             failover,
@@ -149,16 +173,38 @@ impl PoolManager {
             threshold,
             probe_timeout,
         ));
-        let probe_task = probe_interval
-            .map(|every| topology_task::spawn(Arc::downgrade(&router), every).abort_handle());
-        Self {
+        let interval = opts.health_check_interval;
+        let db = Self {
             inner: Arc::new(Shared {
                 router,
                 opts,
-                stats: QueryStats::new(),
-                probe_task,
+                stats: QueryStats::new(pools),
+                checker: std::sync::Mutex::new(None),
             }),
+        };
+        if let Some(interval) = interval {
+            let handle = crate::health::checker::spawn(db.downgrade(), interval);
+            *db.inner.checker.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
         }
+        db
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakManager {
+        WeakManager(Arc::downgrade(&self.inner))
+    }
+
+    /// True once [`PoolManager::close`] was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.inner.router.primary().is_closed()
+    }
+
+    /// The pools the health checker pings, by name.
+    pub(crate) fn health_targets(&self) -> Vec<(String, &Pool<PgConnector>)> {
+        let router = &self.inner.router;
+        std::iter::once(router.primary())
+            .chain(router.failover())
+            .map(|p| (p.options().name.clone(), p))
+            .collect()
     }
 
     /// Every row of a statement. Treated as a possible write unless marked
@@ -189,9 +235,27 @@ impl PoolManager {
     /// [`Error::Acquire`], as [`Pool::get`]. The connection comes from the pool the router
     /// picks for a first attempt of a possible write: the primary, or the failover pool while
     /// overflow is engaged.
-    pub async fn get(&self) -> Result<PooledConnection<PgConnector>, Error> {
-        let router = &self.inner.router;
-        Ok(router.pool(router.pick(1, Marking::Write)).get().await?)
+    // A plain function returning a future: `#[track_caller]` does nothing on an `async fn`,
+    // and leak detection reports the caller's file and line.
+    #[track_caller]
+    pub fn get(
+        &self,
+    ) -> impl std::future::Future<Output = Result<PooledConnection<PgConnector>, Error>> + Send + '_
+    {
+        let at = std::panic::Location::caller();
+        async move {
+            let router = &self.inner.router;
+            let id = router.pick(1, Marking::Write);
+            let pool = router.pool(id);
+            let started = tokio::time::Instant::now();
+            let got = pool
+                .get_until(started + pool.options().acquire_timeout)
+                .await;
+            self.inner.stats.acquire(id.index(), started.elapsed());
+            let mut conn = got?;
+            PooledConnection::watch_leak(&mut conn, at);
+            Ok(conn)
+        }
     }
 
     /// The primary pool.
@@ -210,6 +274,18 @@ impl PoolManager {
         &self.inner.router
     }
 
+    /// The snapshot's `failover` section.
+    fn failover_snapshot(&self) -> FailoverSnapshot {
+        let router = &self.inner.router;
+        let f = router.failover_stats();
+        FailoverSnapshot {
+            enabled: router.failover().is_some(),
+            active: f.active,
+            activations: f.activations,
+            active_ms: f.active_ms,
+        }
+    }
+
     /// Overflow activity: the snapshot's `failover` section.
     pub fn failover_stats(&self) -> FailoverStats {
         self.inner.router.failover_stats()
@@ -220,10 +296,16 @@ impl PoolManager {
         &self.inner.opts
     }
 
-    /// Shuts down: see [`Pool::close`].
+    /// Shuts down: see [`Pool::close`]. The health checker stops.
     pub async fn close(&self, grace: Duration) {
-        if let Some(t) = &self.inner.probe_task {
-            t.abort();
+        if let Some(h) = self
+            .inner
+            .checker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            h.abort();
         }
         let router = &self.inner.router;
         match router.failover() {
@@ -234,64 +316,87 @@ impl PoolManager {
         }
     }
 
-    /// The metrics at this moment.
-    pub fn metrics(&self) -> Snapshot {
+    /// What the snapshot and the Prometheus text are built from; samples the utilization
+    /// for the health window.
+    fn inputs(&self) -> (Vec<PoolInput>, crate::metrics::Figures) {
         let router = &self.inner.router;
-        let pool = router.primary();
-        let mut k = pool.counters();
-        let mut cache = pool.connector().cache_stats();
-        let mut pools = std::collections::BTreeMap::new();
-        pools.insert(PoolId::Primary.name().to_owned(), pool.status().into());
+        let input = |pool: &Pool<PgConnector>| {
+            let s = pool.status();
+            PoolInput {
+                name: pool.options().name.clone(),
+                max: s.max,
+                total: s.size,
+                active: s.in_use,
+                idle: s.idle,
+                waiting: s.waiting,
+                // Both pools serve checkouts (the failover pool on overflow and failover), so
+                // graded utilization is over their joint capacity.
+                serves_checkouts: true,
+                counters: pool.counters(),
+                cache: pool.connector().cache_stats(),
+            }
+        };
+        let mut pools = vec![input(router.primary())];
         if let Some(f) = router.failover() {
-            pools.insert(PoolId::Failover.name().to_owned(), f.status().into());
-            k = stats::merge_counters(k, &f.counters());
-            cache = stats::merge_cache(cache, &f.connector().cache_stats());
+            pools.push(input(f));
         }
-        Snapshot {
-            pools,
-            queries: self.inner.stats.snapshot(),
-            connections: ConnectionCounters {
-                opened: k.opened,
-                reuse_rate_pct: k.reuse_rate_pct(),
-                closed: k.closed,
-            },
-            statement_cache: cache,
-            failover: router.failover_stats(),
-        }
+        let now = tokio::time::Instant::now();
+        let rec = &self.inner.stats.recorder;
+        rec.sample_utilization(now, crate::metrics::checkout_utilization_pct(&pools));
+        (pools, rec.figures(now))
     }
 
-    /// A short human-readable status block.
+    /// The metrics at this moment (see [`Snapshot`]; serialize it for dashboards).
+    pub fn metrics(&self) -> Snapshot {
+        let (pools, fig) = self.inputs();
+        crate::metrics::build(
+            &pools,
+            &fig,
+            self.failover_snapshot(),
+            &self.inner.opts.health_thresholds,
+        )
+    }
+
+    /// The status block:
+    ///
+    /// ```text
+    /// Pool Health: GOOD
+    ///    Active: 8/100 (8%)
+    ///    Idle: 92
+    ///    Query Time: 45ms avg (p95 80ms, p99 120ms)
+    ///    Slow: 0 queries in the last minute
+    ///    Failover: INACTIVE
+    /// ```
+    ///
+    /// Query time and slow queries are the last minute's, as graded.
     pub fn status(&self) -> String {
-        let m = self.metrics();
-        let q = &m.queries;
-        let mut out = String::new();
-        for (name, p) in &m.pools {
-            out.push_str(&format!(
-                "Pool {name}: active {}/{} ({:.0}%), idle {}, waiting {}\n",
-                p.active, p.max, p.utilization_pct, p.idle, p.waiting
-            ));
-        }
-        if self.inner.router.failover().is_some() {
-            let f = &m.failover;
-            out.push_str(&format!(
-                "Failover: {}, {} activations, {:.0} ms active\n",
-                if f.active { "engaged" } else { "standing by" },
-                f.activations,
-                f.active_ms
-            ));
-        }
-        out.push_str(&format!(
-            "Queries: {} ({:.2}% ok), {:.1} ms avg, {:.1} ms max, {} slow, {} retries, {} outcome unknown\n",
-            q.total, q.success_rate_pct, q.avg_ms, q.max_ms, q.slow, q.retries, q.outcome_unknown
-        ));
-        out.push_str(&format!(
-            "Connections: {} opened, reuse {:.1}%; statement cache {} hits / {} misses / {} evictions",
-            m.connections.opened,
-            m.connections.reuse_rate_pct,
-            m.statement_cache.hits,
-            m.statement_cache.misses,
-            m.statement_cache.evictions
-        ));
-        out
+        crate::metrics::status_text(&self.metrics())
+    }
+
+    /// The metrics in the Prometheus text format (content type
+    /// [`crate::metrics::PROMETHEUS_CONTENT_TYPE`]), names as in DESIGN.md.
+    pub fn prometheus(&self) -> String {
+        let (pools, fig) = self.inputs();
+        let snapshot = crate::metrics::build(
+            &pools,
+            &fig,
+            self.failover_snapshot(),
+            &self.inner.opts.health_thresholds,
+        );
+        let names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+        crate::metrics::prometheus_text(&snapshot, &fig, &names)
+    }
+
+    /// Runs one health check now, as the background checker does every
+    /// `DB_HEALTH_CHECK_INTERVAL`: pings each pool (acquire + `SELECT 1`, bounded) and logs the
+    /// status block (INFO when good, WARN on a warning, ERROR when critical).
+    pub async fn check_health(&self) -> crate::health::HealthCheck {
+        crate::health::checker::tick(self).await
+    }
+
+    /// Turns the recording of metrics on (the default) or off. Off, the figures stop moving;
+    /// it exists to measure what recording costs.
+    pub fn set_metrics_recording(&self, on: bool) {
+        self.inner.stats.recorder.set_enabled(on);
     }
 }

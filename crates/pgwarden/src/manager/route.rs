@@ -19,6 +19,14 @@ pub enum PoolId {
 }
 
 impl PoolId {
+    /// Its index in the metrics' per-pool figures (primary 0, failover 1).
+    pub(crate) fn index(self) -> usize {
+        match self {
+            PoolId::Primary => 0,
+            PoolId::Failover => 1,
+        }
+    }
+
     /// The pool's name in metrics and logs.
     pub fn name(self) -> &'static str {
         match self {

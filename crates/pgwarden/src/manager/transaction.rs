@@ -1,6 +1,7 @@
 //! Transactions whose whole body is rerun on serialization failures and deadlocks.
 
 use std::future::Future;
+use std::panic::Location;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Mutex;
@@ -150,17 +151,26 @@ impl PoolManager {
     /// The body's error; [`Error::OutcomeUnknown`] when the connection was lost during COMMIT;
     /// [`Error::RolledBack`] when a statement failed but the body still returned `Ok`;
     /// [`Error::RetriesExhausted`] when reruns ran out.
-    pub async fn transaction<T, F>(&self, mut body: F) -> Result<T, Error>
+    // A plain function returning a future: `#[track_caller]` does nothing on an `async fn`,
+    // and leak detection reports the caller's file and line.
+    #[track_caller]
+    pub fn transaction<'a, T, F>(
+        &'a self,
+        mut body: F,
+    ) -> impl Future<Output = Result<T, Error>> + Send + 'a
     where
-        T: Send,
-        F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
+        T: Send + 'a,
+        F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send + 'a,
     {
-        let mut retrying = Retrying::new(self, "transaction");
-        loop {
-            let (n, deadline) = (retrying.attempt(), retrying.deadline());
-            let outcome = self.tx_attempt(&mut body, n, deadline).await;
-            if let Some(result) = retrying.next(outcome).await {
-                return result;
+        let at = Location::caller();
+        async move {
+            let mut retrying = Retrying::new(self, "transaction");
+            loop {
+                let (n, deadline) = (retrying.attempt(), retrying.deadline());
+                let outcome = self.tx_attempt(&mut body, n, deadline, at).await;
+                if let Some(result) = retrying.next(outcome).await {
+                    return result;
+                }
             }
         }
     }
@@ -170,12 +180,14 @@ impl PoolManager {
         body: &mut F,
         n: u32,
         deadline: Instant,
+        at: &'static Location<'static>,
     ) -> Result<T, (Error, Verdict)>
     where
         F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T>,
     {
         // A transaction may write: only a read-write server serves it.
-        let (conn, id) = checkout(self, deadline, n, Marking::Write).await?;
+        let (mut conn, id) = checkout(self, deadline, n, Marking::Write).await?;
+        PooledConnection::watch_leak(&mut conn, at);
         // Nothing has run before BEGIN is answered: any failure of it may be retried.
         conn.begin().await.map_err(|pg| {
             let v = classify(&pg, true, false, false);

@@ -34,6 +34,7 @@ pub(crate) struct Counters {
     pub(crate) opened: AtomicU64,
     pub(crate) connect_failures: AtomicU64,
     pub(crate) resets: AtomicU64,
+    pub(crate) leaks: AtomicU64,
     closed_idle: AtomicU64,
     closed_lifetime: AtomicU64,
     closed_broken: AtomicU64,
@@ -77,6 +78,7 @@ impl Counters {
             opened: g(&self.opened),
             connect_failures: g(&self.connect_failures),
             resets: g(&self.resets),
+            leaks: g(&self.leaks),
             closed: ClosedCounters {
                 idle: g(&self.closed_idle),
                 lifetime: g(&self.closed_lifetime),
@@ -115,6 +117,8 @@ pub struct PoolCounters {
     pub connect_failures: u64,
     /// Connections reset (ROLLBACK) after they came back dirty.
     pub resets: u64,
+    /// Checkouts held longer than the leak detection threshold (`DB_LEAK_DETECTION_THRESHOLD`).
+    pub leaks: u64,
     /// Connections closed, by reason.
     pub closed: ClosedCounters,
 }

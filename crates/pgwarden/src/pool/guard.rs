@@ -20,6 +20,8 @@ pub struct PooledConnection<C: Connector> {
     /// Set while the pool itself has a round trip in flight on the connection (the validation
     /// ping), or by `discard`: the connection is closed instead of returned, for this reason.
     poisoned: Option<CloseReason>,
+    /// The leak watch, when leak detection is on and this checkout is watched.
+    leak: Option<Box<super::leak::Watch>>,
 }
 
 impl<C: Connector> PooledConnection<C> {
@@ -28,6 +30,19 @@ impl<C: Connector> PooledConnection<C> {
             slot: Some(slot),
             pool: Arc::clone(pool),
             poisoned: None,
+            leak: None,
+        }
+    }
+
+    /// Watches this checkout for leaks when the pool's leak detection is on (see
+    /// [`super::PoolOptions::leak_detection_threshold`]); `at` is where it was acquired.
+    /// Off, this is one branch: no clock read, no timer.
+    pub(crate) fn watch_leak(this: &mut Self, at: &'static std::panic::Location<'static>) {
+        if let Some(threshold) = this.pool.opts.leak_detection_threshold {
+            if this.leak.is_none() {
+                let id = this.slot().id;
+                this.leak = Some(super::leak::Watch::arm(&this.pool, id, at, threshold));
+            }
         }
     }
 
@@ -68,6 +83,9 @@ impl<C: Connector> DerefMut for PooledConnection<C> {
 impl<C: Connector> Drop for PooledConnection<C> {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
+            if let Some(w) = self.leak.take() {
+                w.returned(&self.pool.opts.name, slot.id);
+            }
             self.pool.release(slot, self.poisoned);
         }
     }

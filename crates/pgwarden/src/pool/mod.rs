@@ -18,6 +18,7 @@ mod counters;
 mod error;
 mod evict;
 mod guard;
+mod leak;
 mod state;
 mod worker;
 
@@ -137,6 +138,11 @@ pub struct PoolOptions {
     pub reset_timeout: Duration,
     /// Handshakes in flight at once, so a recovering server is not stampeded. Default: 3.
     pub max_connecting: u32,
+    /// `DB_LEAK_DETECTION_THRESHOLD`: a checkout through [`Pool::get`] (or the manager's `get()`
+    /// and `transaction()`) held longer than this is logged at WARN with the caller's file and
+    /// line, counted (`leaks`), and logged again when it comes back. `None` (the default) is
+    /// off and costs nothing.
+    pub leak_detection_threshold: Option<Duration>,
 }
 
 impl Default for PoolOptions {
@@ -156,6 +162,7 @@ impl Default for PoolOptions {
             validation_timeout: Duration::from_secs(2),
             reset_timeout: Duration::from_secs(2),
             max_connecting: 3,
+            leak_detection_threshold: None,
         }
     }
 }
@@ -341,10 +348,20 @@ impl<C: Connector> Pool<C> {
     /// Dropping the future at any point leaks nothing: a waiter is removed from the queue, a
     /// connection handed to it in the meantime goes back to the pool, and a connection dropped
     /// in the middle of its validation ping is closed.
-    pub async fn get(&self) -> Result<PooledConnection<C>, AcquireError> {
-        // No clock read here: the deadline is fixed from the first clock read the acquire
-        // makes anyway (a read costs ~45 ns on a VM, the idle path's largest cost).
-        guard::acquire(&self.inner, None).await
+    // A plain function returning a future: `#[track_caller]` does nothing on an `async fn`.
+    #[track_caller]
+    pub fn get(
+        &self,
+    ) -> impl std::future::Future<Output = Result<PooledConnection<C>, AcquireError>> + Send + '_
+    {
+        let at = std::panic::Location::caller();
+        async move {
+            // No clock read here: the deadline is fixed from the first clock read the acquire
+            // makes anyway (a read costs ~45 ns on a VM, the idle path's largest cost).
+            let mut conn = guard::acquire(&self.inner, None).await?;
+            PooledConnection::watch_leak(&mut conn, at);
+            Ok(conn)
+        }
     }
 
     /// Like [`Pool::get`] with an explicit deadline (the caller's remaining budget).

@@ -19,7 +19,7 @@ async fn warnings_of_from_config(url: &str, vars: &[(&str, &str)]) -> String {
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn from_config_warns_once_about_user_set_settings_without_effect() {
+async fn from_config_warns_about_no_setting_once_every_setting_has_effect() {
     let (server, db) = shared_db();
     let url = server.url(&db);
     let log = warnings_of_from_config(
@@ -30,10 +30,11 @@ async fn from_config_warns_once_about_user_set_settings_without_effect() {
         ],
     )
     .await;
-    assert_eq!(log.matches("no effect yet").count(), 1, "{log}");
-    assert!(log.contains("DB_HEALTH_CHECK_INTERVAL"), "{log}");
-    // The failover settings have effect since the router landed.
+    assert_eq!(log.matches("no effect yet").count(), 0, "{log}");
+    // The router and the health checker landed: these settings have effect.
+    assert!(!log.contains("DB_HEALTH_CHECK_INTERVAL"), "{log}");
     assert!(!log.contains("DB_FAILOVER_THRESHOLD"), "{log}");
+    assert!(!log.contains("DB_ENABLE_FAILOVER"), "{log}");
 
     // Production's defaults enable failover, but the user set nothing: no warning.
     let log = warnings_of_from_config(&url, &[("DB_PROFILE", "production")]).await;
