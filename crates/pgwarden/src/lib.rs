@@ -55,7 +55,7 @@ pub use config::{
 pub use conn::{PgConn, PgTransaction, Sql};
 pub use connect::{ConnectOptions, PgConnector, ResetPolicy};
 pub use error::{AcquireError, BuildError, ConnectError, Error, TimeoutPhase};
-pub use manager::{ManagerOptions, PoolManager, Snapshot, Tx};
+pub use manager::{GenericClient, ManagerOptions, PoolManager, RowStream, Snapshot, Tx};
 pub use pool::{Connector, KillSwitch, Pool, PoolCounters, PoolOptions, PooledConnection, Status};
 pub use statements::CacheStats;
 pub use tls::{MakeRustls, TlsError};

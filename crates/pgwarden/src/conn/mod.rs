@@ -12,6 +12,7 @@ mod cache;
 mod cancel;
 mod cleanliness;
 mod sniff;
+mod stream;
 mod transaction;
 mod unnamed;
 

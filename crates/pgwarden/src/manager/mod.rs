@@ -3,14 +3,18 @@
 //! status and metrics.
 
 mod call;
+mod client;
 mod stats;
+mod stream;
 mod transaction;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use call::{Call, Exec, One, Op, Opt, Params, Rows};
+pub use client::GenericClient;
 pub use stats::{ConnectionCounters, PoolSnapshot, QueryCounters, Snapshot};
+pub use stream::RowStream;
 pub use transaction::{Tx, TxFuture};
 
 use crate::connect::PgConnector;
