@@ -4,6 +4,7 @@
 //! share one server per process; tests that stop, restart, pause or reconfigure a server start
 //! their own.
 
+mod api;
 mod common;
 mod config;
 mod conn_transaction;
