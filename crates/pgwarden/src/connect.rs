@@ -55,6 +55,13 @@ pub struct ConnectOptions {
     /// and on its commit; on expiry the statement is cancelled on the server. (The manager's
     /// calls use [`crate::ManagerOptions::query_timeout`].) Default: 30 s.
     pub query_timeout: Duration,
+    /// `DB_CONNECT_INIT_SQL`: SQL run on every new connection (simple protocol, several
+    /// statements allowed), within the connect timeout; a failure is a connect failure.
+    /// Default: none.
+    pub init_sql: Option<String>,
+    /// Code run on every new connection after `init_sql`; see [`crate::AfterConnect`].
+    /// Default: none.
+    pub after_connect: Option<crate::AfterConnect>,
 }
 
 impl Default for ConnectOptions {
@@ -71,6 +78,8 @@ impl Default for ConnectOptions {
             reset_policy: ResetPolicy::Rollback,
             statement_cache_size: query.statement_cache_size,
             query_timeout: query.query_timeout,
+            init_sql: pool.connect_init_sql,
+            after_connect: None,
         }
     }
 }
@@ -261,14 +270,21 @@ impl Connector for PgConnector {
                             tracing::debug!(target = %label, error = %e, "connection ended with an error");
                         }
                     });
-                    return Ok(PgConn::new(
+                    let conn = PgConn::new(
                         client,
                         driver.abort_handle(),
                         self.tls.clone(),
                         h.cancel.clone(),
                         self.new_cache(),
                         self.opts.query_timeout,
-                    ));
+                    );
+                    // Checked once: a connector without hooks pays nothing more.
+                    if self.opts.init_sql.is_some() || self.opts.after_connect.is_some() {
+                        // Cancellation safety: on failure (or if this future is dropped) the
+                        // connection is dropped here, which closes it.
+                        crate::hooks::after_connect(&self.opts, &conn, &h.label).await?;
+                    }
+                    return Ok(conn);
                 }
                 Ok(Err(e)) => last = Some(ConnectError::from_pg(&h.label, &e)),
                 Err(_) => {

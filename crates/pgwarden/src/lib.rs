@@ -41,6 +41,7 @@ pub mod config;
 mod conn;
 pub mod connect;
 pub mod error;
+mod hooks;
 pub mod manager;
 pub mod pool;
 mod retry;
@@ -55,6 +56,7 @@ pub use config::{
 pub use conn::{PgConn, PgTransaction, Sql};
 pub use connect::{ConnectOptions, PgConnector, ResetPolicy};
 pub use error::{AcquireError, BuildError, ConnectError, Error, TimeoutPhase};
+pub use hooks::{AfterConnect, HookFuture, HookResult};
 pub use manager::{GenericClient, ManagerOptions, PoolManager, RowStream, Snapshot, Tx};
 pub use pool::{Connector, KillSwitch, Pool, PoolCounters, PoolOptions, PooledConnection, Status};
 pub use statements::CacheStats;

@@ -127,6 +127,11 @@ impl Config {
             "DB_SLOW_QUERY_THRESHOLD" => d(self.query.slow_query_threshold),
             "DB_HEALTH_CHECK_INTERVAL" => d(self.health.interval),
             "DB_APPLICATION_NAME" => self.pool.application_name.clone(),
+            "DB_CONNECT_INIT_SQL" => self
+                .pool
+                .connect_init_sql
+                .clone()
+                .unwrap_or_else(|| "(none)".into()),
             "DB_SSL_ROOT_CERT" => self
                 .tls
                 .root_cert

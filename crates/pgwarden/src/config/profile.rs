@@ -154,6 +154,10 @@ pub struct PoolConfig {
     /// `DB_APPLICATION_NAME`: the `application_name` of every connection (at most 63 bytes).
     /// Default: `pgwarden` in every profile.
     pub application_name: String,
+    /// `DB_CONNECT_INIT_SQL`: SQL run on every new connection, within the connect timeout; a
+    /// failure is a connect failure. Default: none in every profile.
+    #[serde(default)]
+    pub connect_init_sql: Option<String>,
 }
 
 impl PoolConfig {
@@ -172,6 +176,7 @@ impl PoolConfig {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_lifetime: DEFAULT_MAX_LIFETIME,
             application_name: DEFAULT_APPLICATION_NAME.to_string(),
+            connect_init_sql: None,
         }
     }
 }

@@ -11,6 +11,7 @@ mod api;
 mod cache;
 mod cancel;
 mod cleanliness;
+mod init;
 mod sniff;
 mod stream;
 mod transaction;

@@ -1,0 +1,146 @@
+//! Connection hooks: the application's code run on every new connection (the after-connect
+//! hook, and `DB_CONNECT_INIT_SQL` for the common case), inside the connect and bounded by the
+//! connect timeout. A hook that fails, panics or hangs is a connect failure: the connection is
+//! closed and never reaches the pool.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+
+use crate::conn::PgConn;
+use crate::connect::ConnectOptions;
+use crate::pool::ConnectError;
+
+/// What a hook returns.
+pub type HookResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// The future a hook returns.
+pub type HookFuture<'c> = Pin<Box<dyn Future<Output = HookResult> + Send + 'c>>;
+
+type AfterConnectFn = dyn for<'c> Fn(&'c PgConn) -> HookFuture<'c> + Send + Sync;
+
+/// Code run on every new connection before the pool hands it out (after
+/// [`ConnectOptions::init_sql`]): session settings, `LISTEN`, type registration … It runs
+/// within the connect timeout; an error, a panic or a hang there is a connect failure and the
+/// connection is closed. What it sets on the session stays (the pool's reset does not undo it,
+/// except `DISCARD ALL` after raw use). It must leave no transaction open.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let server = pgwarden_testdb::PgServer::shared()?;
+/// # let url = server.url("postgres");
+/// use pgwarden::{AfterConnect, Config, ConnectOptions, ManagerOptions, PgConnector};
+/// use pgwarden::{Pool, PoolManager, PoolOptions};
+///
+/// let config = Config::from_vars([("DATABASE_URL", url.as_str())])?;
+/// let mut co = ConnectOptions::from_config(&config);
+/// co.init_sql = Some("SET TIME ZONE 'UTC'".into()); // DB_CONNECT_INIT_SQL
+/// co.after_connect = Some(AfterConnect::new(|conn| {
+///     Box::pin(async move {
+///         conn.execute("SET search_path TO public", &[]).await?;
+///         Ok(())
+///     })
+/// }));
+/// let target = config.database_url.as_ref().unwrap();
+/// let connector = PgConnector::new(&target.pg_config(), target.ssl_mode(), None, co)?;
+/// let db = PoolManager::new(Pool::new(connector, PoolOptions::sized(2, 0)), ManagerOptions::default());
+/// let tz: String = db.query_one("SHOW TIME ZONE", &[]).await?.get(0);
+/// assert_eq!(tz, "UTC");
+/// # db.close(std::time::Duration::from_secs(1)).await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct AfterConnect(Arc<AfterConnectFn>);
+
+impl AfterConnect {
+    /// A hook running `f` on every new connection.
+    pub fn new<F>(f: F) -> Self
+    where
+        F: for<'c> Fn(&'c PgConn) -> HookFuture<'c> + Send + Sync + 'static,
+    {
+        Self(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for AfterConnect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AfterConnect(..)")
+    }
+}
+
+/// Runs `DB_CONNECT_INIT_SQL` and the after-connect hook on a new connection, within the
+/// connect timeout. On failure the caller drops `conn`, which closes it.
+pub(crate) async fn after_connect(
+    opts: &ConnectOptions,
+    conn: &PgConn,
+    label: &str,
+) -> Result<(), ConnectError> {
+    let work = async {
+        if let Some(sql) = &opts.init_sql {
+            conn.run_init_sql(sql)
+                .await
+                .map_err(|e| init_sql_error(label, &e))?;
+        }
+        if let Some(hook) = &opts.after_connect {
+            // Called inside the future, so a panic in the call itself is caught too.
+            let run = AssertUnwindSafe(async { (hook.0)(conn).await }).catch_unwind();
+            match run.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    return Err(ConnectError::transient(
+                        label,
+                        format!("the after-connect hook failed: {e}"),
+                    ))
+                }
+                Err(_) => {
+                    return Err(ConnectError::permanent(
+                        label,
+                        "the after-connect hook panicked",
+                    ))
+                }
+            }
+        }
+        if !conn.settle_after_init() {
+            return Err(ConnectError::permanent(
+                label,
+                "the after-connect hook left a transaction open or a statement running",
+            ));
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(opts.connect_timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(ConnectError::transient(
+            label,
+            format!(
+                "DB_CONNECT_INIT_SQL or the after-connect hook did not finish within {}ms (DB_CONNECT_TIMEOUT)",
+                opts.connect_timeout.as_millis()
+            ),
+        )),
+    }
+}
+
+/// A failure of `DB_CONNECT_INIT_SQL` (the SQL itself is not repeated: it may carry secrets).
+/// A syntax, access or data error would fail on every connection: permanent.
+fn init_sql_error(label: &str, e: &tokio_postgres::Error) -> ConnectError {
+    match e.as_db_error() {
+        Some(db) => {
+            let code = db.code().code();
+            let message = format!(
+                "DB_CONNECT_INIT_SQL failed: {} (SQLSTATE {code})",
+                db.message()
+            );
+            if code.starts_with("42") || code.starts_with("22") {
+                ConnectError::permanent(label, message)
+            } else {
+                ConnectError::transient(label, message)
+            }
+        }
+        None => ConnectError::from_pg(label, e),
+    }
+}
