@@ -12,7 +12,7 @@ use futures_util::FutureExt;
 
 use crate::conn::PgConn;
 use crate::connect::ConnectOptions;
-use crate::pool::ConnectError;
+use crate::pool::{ConnectError, KillSwitch};
 
 /// What a hook returns.
 pub type HookResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -26,7 +26,9 @@ type AfterConnectFn = dyn for<'c> Fn(&'c PgConn) -> HookFuture<'c> + Send + Sync
 /// [`ConnectOptions::init_sql`]): session settings, `LISTEN`, type registration … It runs
 /// within the connect timeout; an error, a panic or a hang there is a connect failure and the
 /// connection is closed. What it sets on the session stays (the pool's reset does not undo it,
-/// except `DISCARD ALL` after raw use). It must leave no transaction open.
+/// except `DISCARD ALL` after raw use). A transaction it leaves open is rolled back (when
+/// opened through a batch or the raw client) or refused as a connect failure (when opened with
+/// [`PgConn::transaction`] and not finished).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -80,6 +82,11 @@ pub(crate) async fn after_connect(
     conn: &PgConn,
     label: &str,
 ) -> Result<(), ConnectError> {
+    // Cancellation safety: until the hook has finished with nothing in flight, a statement it
+    // sent may still run on the server after the connection is dropped (a backend busy in a
+    // statement does not notice its client left): the kill switch cancels it. Pulled on a
+    // timeout here, and when the pool's own connect bound drops this future.
+    let mut unfinished = Unfinished(Some(conn.kill_switch()));
     let work = async {
         if let Some(sql) = &opts.init_sql {
             conn.run_init_sql(sql)
@@ -105,7 +112,11 @@ pub(crate) async fn after_connect(
                 }
             }
         }
-        if !conn.settle_after_init() {
+        let settled = conn
+            .settle_after_init()
+            .await
+            .map_err(|e| ConnectError::from_pg(label, &e))?;
+        if !settled {
             return Err(ConnectError::permanent(
                 label,
                 "the after-connect hook left a transaction open or a statement running",
@@ -114,7 +125,12 @@ pub(crate) async fn after_connect(
         Ok(())
     };
     match tokio::time::timeout(opts.connect_timeout, work).await {
-        Ok(r) => r,
+        Ok(r) => {
+            if conn.in_flight() == 0 {
+                unfinished.0 = None;
+            }
+            r
+        }
         Err(_) => Err(ConnectError::transient(
             label,
             format!(
@@ -122,6 +138,17 @@ pub(crate) async fn after_connect(
                 opts.connect_timeout.as_millis()
             ),
         )),
+    }
+}
+
+/// Pulls the kill switch of a connection whose hook did not finish cleanly.
+struct Unfinished(Option<KillSwitch>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(k) = self.0.take() {
+            k.pull();
+        }
     }
 }
 

@@ -12,14 +12,19 @@ impl PgConn {
         self.client.batch_execute(sql).await
     }
 
-    /// After the after-connect hook: false when it left a transaction open or a statement in
-    /// flight (the connection is then closed); otherwise the connection starts clean, so its
-    /// session settings are not reset away as if used raw.
-    pub(crate) fn settle_after_init(&self) -> bool {
+    /// After the after-connect hook: `Ok(false)` when it left a tracked transaction open or a
+    /// statement in flight (the connection is then closed). When it used the connection in
+    /// ways the pool cannot see (raw client, batches), a `ROLLBACK` ends any transaction it
+    /// left open. Either way the connection then starts clean, so the session settings the
+    /// hook made are not reset away as if used raw.
+    pub(crate) async fn settle_after_init(&self) -> Result<bool, tokio_postgres::Error> {
         if self.in_flight.load(Relaxed) > 0 || self.in_tx.load(Relaxed) {
-            return false;
+            return Ok(false);
         }
-        self.raw.store(false, Relaxed);
-        true
+        if self.raw.load(Relaxed) {
+            self.client.batch_execute("ROLLBACK").await?;
+            self.raw.store(false, Relaxed);
+        }
+        Ok(true)
     }
 }

@@ -9,6 +9,7 @@ mod common;
 mod config;
 mod conn_transaction;
 mod errors;
+mod hooks;
 mod manager;
 mod pool_basic;
 mod pool_clean;
