@@ -62,6 +62,12 @@ pub struct ConnectOptions {
     /// Code run on every new connection after `init_sql`; see [`crate::AfterConnect`].
     /// Default: none.
     pub after_connect: Option<crate::AfterConnect>,
+    /// The application's check before each acquire hands a connection out; see
+    /// [`crate::BeforeAcquire`]. Default: none.
+    pub before_acquire: Option<crate::BeforeAcquire>,
+    /// The application's decision on each connection coming back; see
+    /// [`crate::AfterRelease`]. Default: none.
+    pub after_release: Option<crate::AfterRelease>,
 }
 
 impl Default for ConnectOptions {
@@ -80,6 +86,8 @@ impl Default for ConnectOptions {
             query_timeout: query.query_timeout,
             init_sql: pool.connect_init_sql,
             after_connect: None,
+            before_acquire: None,
+            after_release: None,
         }
     }
 }
@@ -318,7 +326,20 @@ impl Connector for PgConnector {
     }
 
     fn needs_reset(&self, conn: &PgConn) -> bool {
-        conn.needs_reset()
+        // With an after-release hook every release goes to the worker, which runs it in
+        // `reset`.
+        conn.needs_reset() || self.opts.after_release.is_some()
+    }
+
+    fn has_acquire_check(&self) -> bool {
+        self.opts.before_acquire.is_some()
+    }
+
+    async fn before_acquire<'a>(&'a self, conn: &'a PgConn) -> Result<bool, ConnectError> {
+        match &self.opts.before_acquire {
+            Some(hook) => crate::hooks::before_acquire(hook, conn, &self.target()).await,
+            None => Ok(true),
+        }
     }
 
     async fn validate<'a>(&'a self, conn: &'a PgConn) -> Result<(), ConnectError> {
@@ -328,6 +349,10 @@ impl Connector for PgConnector {
     }
 
     async fn reset<'a>(&'a self, conn: &'a PgConn) -> Result<(), ConnectError> {
+        if let Some(hook) = &self.opts.after_release {
+            let discard_all = self.opts.reset_policy == ResetPolicy::DiscardAll;
+            return crate::hooks::after_release(hook, conn, &self.target(), discard_all).await;
+        }
         conn.reset_session(self.opts.reset_policy == ResetPolicy::DiscardAll)
             .await
             .map_err(|e| ConnectError::transient(self.target(), e))

@@ -75,6 +75,177 @@ impl std::fmt::Debug for AfterConnect {
     }
 }
 
+/// The future a before-acquire check returns: `Ok(true)` hands the connection out.
+pub type CheckFuture<'c> = Pin<
+    Box<dyn Future<Output = Result<bool, Box<dyn std::error::Error + Send + Sync>>> + Send + 'c>,
+>;
+
+type BeforeAcquireFn = dyn for<'c> Fn(&'c PgConn) -> CheckFuture<'c> + Send + Sync;
+
+/// The application's check of a connection before each acquire hands it out (after the
+/// pool's own checks): `Ok(true)` hands it out; `Ok(false)`, an error, a panic, or not
+/// finishing within the acquire timeout closes it, and the acquire takes another connection
+/// within the same deadline.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let server = pgwarden_testdb::PgServer::shared()?;
+/// use pgwarden::{BeforeAcquire, ConnectOptions, PgConnector, Pool, PoolOptions};
+///
+/// let mut co = ConnectOptions::default();
+/// // Hand out only connections to a server that accepts writes.
+/// co.before_acquire = Some(BeforeAcquire::new(|conn| {
+///     Box::pin(async move {
+///         let row = conn.query_one("SELECT pg_is_in_recovery()", &[]).await?;
+///         Ok(!row.get::<_, bool>(0))
+///     })
+/// }));
+/// let connector = PgConnector::new(&server.pg_config("postgres"), pgwarden::SslMode::Disable, None, co)?;
+/// let pool = Pool::new(connector, PoolOptions::sized(1, 0));
+/// let conn = pool.get().await?;
+/// # drop(conn);
+/// # pool.close(std::time::Duration::from_secs(1)).await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct BeforeAcquire(pub(crate) Arc<BeforeAcquireFn>);
+
+impl BeforeAcquire {
+    /// A check running `f` before each acquire hands a connection out.
+    pub fn new<F>(f: F) -> Self
+    where
+        F: for<'c> Fn(&'c PgConn) -> CheckFuture<'c> + Send + Sync + 'static,
+    {
+        Self(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for BeforeAcquire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BeforeAcquire(..)")
+    }
+}
+
+/// What happens to a connection coming back to the pool ([`AfterRelease`]'s decision).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Release {
+    /// Back to the idle connections (after the usual reset if it came back dirty).
+    Keep,
+    /// `ROLLBACK` and `DISCARD ALL` first: session settings, temporary tables, prepared
+    /// statements and advisory locks are dropped.
+    Reset,
+    /// Closed.
+    Close,
+}
+
+/// The future an after-release hook returns.
+pub type ReleaseFuture<'c> = Pin<
+    Box<dyn Future<Output = Result<Release, Box<dyn std::error::Error + Send + Sync>>> + Send + 'c>,
+>;
+
+type AfterReleaseFn = dyn for<'c> Fn(&'c PgConn) -> ReleaseFuture<'c> + Send + Sync;
+
+/// The application's decision on each connection coming back: keep, reset or close. It runs
+/// in the pool's background worker (never in the releasing task), bounded by the pool's
+/// reset timeout; an error, a panic or a hang closes the connection. With this hook set every
+/// release goes through the worker, which costs a task hop per checkout.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let server = pgwarden_testdb::PgServer::shared()?;
+/// use pgwarden::{AfterRelease, ConnectOptions, PgConnector, Pool, PoolOptions, Release};
+///
+/// let mut co = ConnectOptions::default();
+/// // Sessions that created temporary tables are reset before anyone else gets them.
+/// co.after_release = Some(AfterRelease::new(|conn| {
+///     Box::pin(async move {
+///         let row = conn
+///             .query_one("SELECT count(*) FROM pg_class WHERE relpersistence = 't'", &[])
+///             .await?;
+///         Ok(if row.get::<_, i64>(0) > 0 { Release::Reset } else { Release::Keep })
+///     })
+/// }));
+/// let connector = PgConnector::new(&server.pg_config("postgres"), pgwarden::SslMode::Disable, None, co)?;
+/// let pool = Pool::new(connector, PoolOptions::sized(1, 0));
+/// drop(pool.get().await?);
+/// # pool.close(std::time::Duration::from_secs(1)).await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct AfterRelease(pub(crate) Arc<AfterReleaseFn>);
+
+impl AfterRelease {
+    /// A hook deciding with `f` what happens to each connection coming back.
+    pub fn new<F>(f: F) -> Self
+    where
+        F: for<'c> Fn(&'c PgConn) -> ReleaseFuture<'c> + Send + Sync + 'static,
+    {
+        Self(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for AfterRelease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AfterRelease(..)")
+    }
+}
+
+/// Runs the before-acquire check (the pool bounds it and catches a panic).
+pub(crate) async fn before_acquire(
+    hook: &BeforeAcquire,
+    conn: &PgConn,
+    target: &str,
+) -> Result<bool, ConnectError> {
+    (hook.0)(conn).await.map_err(|e| {
+        ConnectError::transient(target, format!("the before-acquire check failed: {e}"))
+    })
+}
+
+/// Runs the after-release hook and carries out its decision (the pool bounds it).
+pub(crate) async fn after_release(
+    hook: &AfterRelease,
+    conn: &PgConn,
+    target: &str,
+    discard_all: bool,
+) -> Result<(), ConnectError> {
+    // A statement still in flight or a transaction left open is ended first: the hook's
+    // statements would queue behind it or run inside it.
+    if conn.needs_reset() {
+        conn.reset_session(discard_all)
+            .await
+            .map_err(|e| ConnectError::transient(target, e))?;
+    }
+    let decision = AssertUnwindSafe(async { (hook.0)(conn).await })
+        .catch_unwind()
+        .await;
+    let fail = |what: String| Err(ConnectError::transient(target, what));
+    match decision {
+        Ok(Ok(Release::Keep)) => {
+            if conn.needs_reset() {
+                // The hook's own raw use.
+                conn.reset_session(discard_all)
+                    .await
+                    .map_err(|e| ConnectError::transient(target, e))?;
+            }
+            Ok(())
+        }
+        Ok(Ok(Release::Reset)) => {
+            let _ = conn.client_marking_raw();
+            conn.reset_session(true)
+                .await
+                .map_err(|e| ConnectError::transient(target, e))
+        }
+        Ok(Ok(Release::Close)) => fail("the after-release hook closed it".into()),
+        Ok(Err(e)) => fail(format!("the after-release hook failed: {e}")),
+        Err(_) => fail("the after-release hook panicked".into()),
+    }
+}
+
 /// Runs `DB_CONNECT_INIT_SQL` and the after-connect hook on a new connection, within the
 /// connect timeout. On failure the caller drops `conn`, which closes it.
 pub(crate) async fn after_connect(

@@ -56,7 +56,10 @@ pub use config::{
 pub use conn::{PgConn, PgTransaction, Sql};
 pub use connect::{ConnectOptions, PgConnector, ResetPolicy};
 pub use error::{AcquireError, BuildError, ConnectError, Error, TimeoutPhase};
-pub use hooks::{AfterConnect, HookFuture, HookResult};
+pub use hooks::{
+    AfterConnect, AfterRelease, BeforeAcquire, CheckFuture, HookFuture, HookResult, Release,
+    ReleaseFuture,
+};
 pub use manager::{GenericClient, ManagerOptions, PoolManager, RowStream, Snapshot, Tx};
 pub use pool::{Connector, KillSwitch, Pool, PoolCounters, PoolOptions, PooledConnection, Status};
 pub use statements::CacheStats;

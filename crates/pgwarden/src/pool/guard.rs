@@ -19,7 +19,7 @@ pub struct PooledConnection<C: Connector> {
     pool: Arc<Inner<C>>,
     /// Set while the pool itself has a round trip in flight on the connection (the validation
     /// ping), or by `discard`: the connection is closed instead of returned, for this reason.
-    poisoned: Option<CloseReason>,
+    pub(super) poisoned: Option<CloseReason>,
 }
 
 impl<C: Connector> PooledConnection<C> {
@@ -31,7 +31,7 @@ impl<C: Connector> PooledConnection<C> {
         }
     }
 
-    fn slot(&self) -> &Slot<C::Conn> {
+    pub(super) fn slot(&self) -> &Slot<C::Conn> {
         self.slot.as_ref().expect("slot present until drop")
     }
 
@@ -217,7 +217,13 @@ pub(super) async fn acquire<C: Connector>(
             // to other tasks now and then.
             tokio::task::coop::consume_budget().await;
         }
-        if let Some(reason) = check(inner, &mut guard, deadline).await {
+        let verdict = match check(inner, &mut guard, deadline).await {
+            None if inner.connector.has_acquire_check() => {
+                super::hooks::before_acquire(inner, &mut guard, deadline).await
+            }
+            v => v,
+        };
+        if let Some(reason) = verdict {
             let slot = guard.slot.take().expect("slot present");
             let slot = {
                 let mut st = inner.lock();

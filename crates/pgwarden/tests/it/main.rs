@@ -10,6 +10,7 @@ mod config;
 mod conn_transaction;
 mod errors;
 mod hooks;
+mod hooks_pool;
 mod manager;
 mod pool_basic;
 mod pool_clean;
