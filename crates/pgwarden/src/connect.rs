@@ -59,6 +59,19 @@ pub struct ConnectOptions {
     /// and on its commit; on expiry the statement is cancelled on the server. (The manager's
     /// calls use [`crate::ManagerOptions::query_timeout`].) Default: 30 s.
     pub query_timeout: Duration,
+    /// `DB_CONNECT_INIT_SQL`: SQL run on every new connection (simple protocol, several
+    /// statements allowed), within the connect timeout; a failure is a connect failure.
+    /// Default: none.
+    pub init_sql: Option<String>,
+    /// Code run on every new connection after `init_sql`; see [`crate::AfterConnect`].
+    /// Default: none.
+    pub after_connect: Option<crate::AfterConnect>,
+    /// The application's check before each acquire hands a connection out; see
+    /// [`crate::BeforeAcquire`]. Default: none.
+    pub before_acquire: Option<crate::BeforeAcquire>,
+    /// The application's decision on each connection coming back; see
+    /// [`crate::AfterRelease`]. Default: none.
+    pub after_release: Option<crate::AfterRelease>,
 }
 
 impl Default for ConnectOptions {
@@ -75,6 +88,10 @@ impl Default for ConnectOptions {
             reset_policy: ResetPolicy::Rollback,
             statement_cache_size: query.statement_cache_size,
             query_timeout: query.query_timeout,
+            init_sql: pool.connect_init_sql,
+            after_connect: None,
+            before_acquire: None,
+            after_release: None,
         }
     }
 }
@@ -279,14 +296,21 @@ impl Connector for PgConnector {
                             tracing::debug!(target = %label, error = %e, "connection ended with an error");
                         }
                     });
-                    return Ok(PgConn::new(
+                    let conn = PgConn::new(
                         client,
                         driver.abort_handle(),
                         self.tls.clone(),
                         h.cancel.clone(),
                         self.new_cache(),
                         self.opts.query_timeout,
-                    ));
+                    );
+                    // Checked once: a connector without hooks pays nothing more.
+                    if self.opts.init_sql.is_some() || self.opts.after_connect.is_some() {
+                        // Cancellation safety: on failure (or if this future is dropped) the
+                        // connection is dropped here, which closes it.
+                        crate::hooks::after_connect(&self.opts, &conn, &h.label).await?;
+                    }
+                    return Ok(conn);
                 }
                 Ok(Err(e)) => last = Some(ConnectError::from_pg(&h.label, &e)),
                 Err(_) => {
@@ -320,7 +344,20 @@ impl Connector for PgConnector {
     }
 
     fn needs_reset(&self, conn: &PgConn) -> bool {
-        conn.needs_reset()
+        // With an after-release hook every release goes to the worker, which runs it in
+        // `reset`.
+        conn.needs_reset() || self.opts.after_release.is_some()
+    }
+
+    fn has_acquire_check(&self) -> bool {
+        self.opts.before_acquire.is_some()
+    }
+
+    async fn before_acquire<'a>(&'a self, conn: &'a PgConn) -> Result<bool, ConnectError> {
+        match &self.opts.before_acquire {
+            Some(hook) => crate::hooks::before_acquire(hook, conn, &self.target()).await,
+            None => Ok(true),
+        }
     }
 
     async fn validate<'a>(&'a self, conn: &'a PgConn) -> Result<(), ConnectError> {
@@ -330,6 +367,10 @@ impl Connector for PgConnector {
     }
 
     async fn reset<'a>(&'a self, conn: &'a PgConn) -> Result<(), ConnectError> {
+        if let Some(hook) = &self.opts.after_release {
+            let discard_all = self.opts.reset_policy == ResetPolicy::DiscardAll;
+            return crate::hooks::after_release(hook, conn, &self.target(), discard_all).await;
+        }
         conn.reset_session(self.opts.reset_policy == ResetPolicy::DiscardAll)
             .await
             .map_err(|e| ConnectError::transient(self.target(), e))

@@ -42,6 +42,7 @@ mod conn;
 pub mod connect;
 pub mod error;
 pub mod health;
+mod hooks;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod manager;
@@ -59,7 +60,11 @@ pub use config::{
 pub use conn::{PgConn, PgTransaction, Sql};
 pub use connect::{ConnectOptions, PgConnector, ResetPolicy};
 pub use error::{AcquireError, BuildError, ConnectError, Error, TimeoutPhase};
-pub use manager::{ManagerOptions, PoolManager, Snapshot, Tx};
+pub use hooks::{
+    AfterConnect, AfterRelease, BeforeAcquire, CheckFuture, HookFuture, HookResult, Release,
+    ReleaseFuture,
+};
+pub use manager::{GenericClient, ManagerOptions, PoolManager, RowStream, Snapshot, Tx};
 pub use pool::{Connector, KillSwitch, Pool, PoolCounters, PoolOptions, PooledConnection, Status};
 pub use statements::CacheStats;
 pub use tls::{MakeRustls, TlsError};

@@ -29,6 +29,7 @@ impl ConnectOptions {
             application_name: Some(config.pool.application_name.clone()),
             statement_cache_size: config.query.statement_cache_size,
             query_timeout: config.query.query_timeout,
+            init_sql: config.pool.connect_init_sql.clone(),
             ..ConnectOptions::default()
         }
     }

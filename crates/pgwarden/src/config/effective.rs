@@ -129,6 +129,11 @@ impl Config {
             "DB_APPLICATION_NAME" => self.pool.application_name.clone(),
             // "0ms" is off; rendered values parse back, so no "(off)" here.
             "DB_LEAK_DETECTION_THRESHOLD" => d(self.pool.leak_detection_threshold),
+            "DB_CONNECT_INIT_SQL" => self
+                .pool
+                .connect_init_sql
+                .clone()
+                .unwrap_or_else(|| "(none)".into()),
             "DB_SSL_ROOT_CERT" => self
                 .tls
                 .root_cert

@@ -12,7 +12,7 @@ use super::{Config, ConfigError, DbTarget, Problem, Profile, Source};
 /// Every variable pgwarden reads, in the order of DESIGN.md's table (`APP_ENV`, the host
 /// application's variable, is read for the profile only). `PGWARDEN_PG_BIN` belongs to the
 /// test harness and the CLI.
-pub(crate) const VARIABLES: [&str; 22] = [
+pub(crate) const VARIABLES: [&str; 23] = [
     "DB_PROFILE",
     "APP_ENV",
     "DATABASE_URL",
@@ -35,6 +35,7 @@ pub(crate) const VARIABLES: [&str; 22] = [
     "DB_APPLICATION_NAME",
     "DB_SSL_ROOT_CERT",
     "DB_LEAK_DETECTION_THRESHOLD",
+    "DB_CONNECT_INIT_SQL",
 ];
 
 /// Variables that are not pgwarden's configuration but must not get "did you mean" warnings.
@@ -306,6 +307,12 @@ pub(crate) fn load(
         "DB_APPLICATION_NAME",
         |s| Ok(s.to_string()),
         |c, v| c.pool.application_name = v,
+    );
+    l.field(
+        &mut cfg,
+        "DB_CONNECT_INIT_SQL",
+        |s| Ok(s.to_string()),
+        |c, v| c.pool.connect_init_sql = Some(v),
     );
     l.field(
         &mut cfg,

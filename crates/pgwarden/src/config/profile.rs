@@ -163,6 +163,10 @@ pub struct PoolConfig {
     /// 100 ms otherwise). Default: 0 (off) in every profile.
     #[serde(default)]
     pub leak_detection_threshold: Duration,
+    /// `DB_CONNECT_INIT_SQL`: SQL run on every new connection, within the connect timeout; a
+    /// failure is a connect failure. Default: none in every profile.
+    #[serde(default)]
+    pub connect_init_sql: Option<String>,
 }
 
 impl PoolConfig {
@@ -182,6 +186,7 @@ impl PoolConfig {
             max_lifetime: DEFAULT_MAX_LIFETIME,
             application_name: DEFAULT_APPLICATION_NAME.to_string(),
             leak_detection_threshold: DEFAULT_LEAK_DETECTION_THRESHOLD,
+            connect_init_sql: None,
         }
     }
 }

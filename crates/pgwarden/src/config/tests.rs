@@ -58,6 +58,7 @@ fn every_variable_is_parsed_into_the_config() {
         ("DB_APPLICATION_NAME", "orders-api"),
         ("DB_LEAK_DETECTION_THRESHOLD", "30s"),
         ("DB_SSL_ROOT_CERT", "/etc/ssl/ca.pem"),
+        ("DB_CONNECT_INIT_SQL", "SET TIME ZONE 'UTC'"),
     ]);
     assert_eq!(c.profile, Profile::Staging);
     assert_eq!(c.database_url.as_ref().unwrap().hosts(), ["primary"]);
@@ -74,6 +75,7 @@ fn every_variable_is_parsed_into_the_config() {
             max_lifetime: ms(3_600_000),
             application_name: "orders-api".into(),
             leak_detection_threshold: ms(30_000),
+            connect_init_sql: Some("SET TIME ZONE 'UTC'".into()),
         }
     );
     assert_eq!(
@@ -102,6 +104,7 @@ fn every_variable_is_parsed_into_the_config() {
     assert_eq!(c.failover.release_pct(), 65);
     assert_eq!(c.health.interval, ms(120_000));
     assert_eq!(c.tls.root_cert, Some(PathBuf::from("/etc/ssl/ca.pem")));
+    assert_eq!(c.render("DB_CONNECT_INIT_SQL"), "SET TIME ZONE 'UTC'");
     // Every variable except APP_ENV came from the environment.
     for s in c.effective() {
         if s.variable != "APP_ENV" {
@@ -440,4 +443,19 @@ fn later_pairs_win() {
         .max_size,
         9
     );
+}
+
+#[test]
+fn empty_connect_init_sql_is_a_problem_naming_the_fix() {
+    let err = Config::from_vars([
+        ("DATABASE_URL", "postgres://app@db/app"),
+        ("DB_CONNECT_INIT_SQL", "  "),
+    ])
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("DB_CONNECT_INIT_SQL"), "{text}");
+    assert!(text.contains("unset it"), "{text}");
+    let c = Config::for_profile(Profile::Production);
+    assert_eq!(c.pool.connect_init_sql, None);
+    assert_eq!(c.render("DB_CONNECT_INIT_SQL"), "(none)");
 }

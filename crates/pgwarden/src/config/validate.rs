@@ -170,6 +170,17 @@ impl Config {
                 format!("shorten DB_APPLICATION_NAME to at most {MAX_APPLICATION_NAME_BYTES} bytes"),
             );
         }
+        if pool
+            .connect_init_sql
+            .as_ref()
+            .is_some_and(|s| s.trim().is_empty())
+        {
+            push(
+                "DB_CONNECT_INIT_SQL",
+                "DB_CONNECT_INIT_SQL is set but empty: there is no SQL to run on new connections".into(),
+                "write the SQL to run on every new connection, e.g. DB_CONNECT_INIT_SQL=\"SET TIME ZONE 'UTC'\", or unset it".into(),
+            );
+        }
         for (var, target) in [
             ("DATABASE_URL", &self.database_url),
             ("DB_FAILOVER_URL", &self.failover_url),

@@ -11,7 +11,9 @@ mod api;
 mod cache;
 mod cancel;
 mod cleanliness;
+mod init;
 mod sniff;
+mod stream;
 mod transaction;
 mod unnamed;
 

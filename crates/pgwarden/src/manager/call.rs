@@ -4,6 +4,7 @@
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_postgres::types::ToSql;
@@ -104,6 +105,10 @@ pub struct Call<'a, O: Op> {
     sql: &'a str,
     params: Params<'a>,
     marking: Marking,
+    /// `.timeout(d)`: this call's query timeout, instead of the manager's.
+    timeout: Option<Duration>,
+    /// `.retries(n)`: this call's retry attempts, instead of the manager's.
+    retries: Option<u32>,
     _op: PhantomData<O>,
 }
 
@@ -114,6 +119,8 @@ impl<'a, O: Op> Call<'a, O> {
             sql,
             params,
             marking: Marking::Write,
+            timeout: None,
+            retries: None,
             _op: PhantomData,
         }
     }
@@ -133,6 +140,56 @@ impl<'a, O: Op> Call<'a, O> {
         self.marking = Marking::ReadOnly;
         self
     }
+
+    /// This call's query timeout (each attempt's statement), instead of
+    /// [`ManagerOptions::query_timeout`]. On expiry the statement is cancelled on the server,
+    /// as with the default.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let server = pgwarden_testdb::PgServer::shared()?;
+    /// # let url = server.url("postgres");
+    /// # let config = pgwarden::Config::from_vars([("DATABASE_URL", url.as_str()), ("DB_POOL_MIN", "0")])?;
+    /// # let db = pgwarden::PoolManager::from_config(&config).await?;
+    /// use std::time::Duration;
+    ///
+    /// let err = db
+    ///     .execute("SELECT pg_sleep(5)", &[])
+    ///     .timeout(Duration::from_millis(100))
+    ///     .await
+    ///     .unwrap_err();
+    /// assert!(err.is_timeout());
+    /// # db.close(Duration::from_secs(1)).await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn timeout(mut self, query_timeout: Duration) -> Self {
+        self.timeout = Some(query_timeout);
+        self
+    }
+
+    /// At most `n` retries after the first attempt, instead of
+    /// [`ManagerOptions::retry_attempts`]; still only when a retry is safe, and never past
+    /// [`ManagerOptions::retry_budget`]. `.retries(0)` makes one attempt.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let server = pgwarden_testdb::PgServer::shared()?;
+    /// # let url = server.url("postgres");
+    /// # let config = pgwarden::Config::from_vars([("DATABASE_URL", url.as_str()), ("DB_POOL_MIN", "0")])?;
+    /// # let db = pgwarden::PoolManager::from_config(&config).await?;
+    /// let row = db.query_one("SELECT 1", &[]).idempotent().retries(1).await?;
+    /// assert_eq!(row.get::<_, i32>(0), 1);
+    /// # db.close(std::time::Duration::from_secs(1)).await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = Some(n);
+        self
+    }
 }
 
 impl<'a, O: Op> IntoFuture for Call<'a, O> {
@@ -140,7 +197,16 @@ impl<'a, O: Op> IntoFuture for Call<'a, O> {
     type IntoFuture = Pin<Box<dyn Future<Output = Result<O::Out, Error>> + Send + 'a>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(run::<O>(self.db, self.sql, self.params, self.marking))
+        Box::pin(run::<O>(
+            self.db,
+            self.sql,
+            self.params,
+            self.marking,
+            PerCall {
+                timeout: self.timeout,
+                retries: self.retries,
+            },
+        ))
     }
 }
 
@@ -158,12 +224,17 @@ pub(super) struct Retrying<'a> {
 
 impl<'a> Retrying<'a> {
     pub(super) fn new(db: &'a PoolManager, what: &'a str) -> Self {
+        Self::with_attempts(db, what, db.inner.opts.retry_attempts)
+    }
+
+    /// As [`Retrying::new`] with `attempts` retries instead of the manager's.
+    pub(super) fn with_attempts(db: &'a PoolManager, what: &'a str, attempts: u32) -> Self {
         let opts = &db.inner.opts;
         Self {
             db,
             started: Instant::now(),
             first: true,
-            clock: RetryClock::new(&opts.retry_delays, opts.retry_attempts, opts.retry_budget),
+            clock: RetryClock::new(&opts.retry_delays, attempts, opts.retry_budget),
             what,
         }
     }
@@ -225,11 +296,13 @@ async fn run<O: Op>(
     sql: &str,
     params: Params<'_>,
     marking: Marking,
+    per_call: PerCall,
 ) -> Result<O::Out, Error> {
-    let mut retrying = Retrying::new(db, sql);
+    let attempts = per_call.retries.unwrap_or(db.inner.opts.retry_attempts);
+    let mut retrying = Retrying::with_attempts(db, sql, attempts);
     loop {
         let (n, deadline) = (retrying.attempt(), retrying.deadline());
-        let outcome = attempt::<O>(db, sql, params, marking, n, deadline).await;
+        let outcome = attempt::<O>(db, sql, params, marking, per_call.timeout, n, deadline).await;
         if let Some(result) = retrying.next(outcome).await {
             return result;
         }
@@ -237,6 +310,13 @@ async fn run<O: Op>(
 }
 
 pub(super) type AttemptResult<T> = Result<T, (Error, Verdict)>;
+
+/// A call's own options (`.timeout(d)`, `.retries(n)`); `None`: the manager's.
+#[derive(Debug, Clone, Copy, Default)]
+struct PerCall {
+    timeout: Option<Duration>,
+    retries: Option<u32>,
+}
 
 /// A connection for attempt `n` from the pool the router picks; failing to get one is worth
 /// another attempt only when waiting may help (see [`acquire_verdict`]): a pool exhausted the
@@ -293,6 +373,7 @@ async fn attempt<O: Op>(
     sql: &str,
     params: Params<'_>,
     marking: Marking,
+    timeout: Option<Duration>,
     n: u32,
     deadline: Instant,
 ) -> AttemptResult<O::Out> {
@@ -302,8 +383,10 @@ async fn attempt<O: Op>(
     let (result, discard) = {
         // Pinned here, not moved into `bounded`: the statement's future is stored once.
         let fut = std::pin::pin!(O::run(&conn, sql, params));
+        let opts = &db.inner.opts;
+        let limit = timeout.unwrap_or(opts.query_timeout);
         let ctx = Ctx::autocommit(idempotent, sql);
-        bounded_pinned(&db.inner.opts, &conn, fut, ctx, started).await
+        bounded_for(opts, limit, &conn, fut, ctx, started).await
     };
     db.inner
         .stats
@@ -361,6 +444,21 @@ where
 pub(super) async fn bounded_pinned<T, F>(
     opts: &ManagerOptions,
     conn: &PgConn,
+    fut: Pin<&mut F>,
+    ctx: Ctx,
+    started: Instant,
+) -> (AttemptResult<T>, bool)
+where
+    F: Future<Output = Result<T, Error>>,
+{
+    bounded_for(opts, opts.query_timeout, conn, fut, ctx, started).await
+}
+
+/// [`bounded_pinned`] under `query_timeout` instead of the manager's (a call's `.timeout(d)`).
+pub(super) async fn bounded_for<T, F>(
+    opts: &ManagerOptions,
+    query_timeout: Duration,
+    conn: &PgConn,
     mut fut: Pin<&mut F>,
     ctx: Ctx,
     started: Instant,
@@ -368,13 +466,13 @@ pub(super) async fn bounded_pinned<T, F>(
 where
     F: Future<Output = Result<T, Error>>,
 {
-    let until = started + opts.query_timeout;
+    let until = started + query_timeout;
     match tokio::time::timeout_at(until, fut.as_mut()).await {
         Ok(r) => return (r.map_err(|e| classify_error(e, conn, ctx)), false),
         Err(_elapsed) => {}
     }
     let timeout_err = |ended: bool| Error::QueryTimeout {
-        after: opts.query_timeout,
+        after: query_timeout,
         ended,
         unknown: !ended && !ctx.idempotent && (!ctx.in_transaction || ctx.commit),
     };
@@ -465,7 +563,13 @@ mod tests {
             crate::Pool::new(connector, crate::PoolOptions::sized(1, 0)),
             super::ManagerOptions::default(),
         );
-        let call = super::run::<super::One>(&db, "SELECT 1", &[], super::Marking::Write);
+        let call = super::run::<super::One>(
+            &db,
+            "SELECT 1",
+            &[],
+            super::Marking::Write,
+            super::PerCall::default(),
+        );
         assert!(
             size_of_val(&call) <= 3 * 1024,
             "call future: {} bytes",

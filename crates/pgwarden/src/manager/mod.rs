@@ -3,16 +3,20 @@
 //! status and metrics.
 
 mod call;
+mod client;
 pub mod route;
 mod router;
 mod stats;
+mod stream;
 mod transaction;
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 pub use call::{Call, Exec, One, Op, Opt, Params, Rows};
+pub use client::GenericClient;
 pub use router::Router;
+pub use stream::RowStream;
 pub use transaction::{Tx, TxFuture};
 
 pub use crate::metrics::{ConnectionCounters, PoolSnapshot, QueryCounters, Snapshot};

@@ -103,6 +103,34 @@ impl<'t> Tx<'t> {
         self.run(async { self.conn.execute(sql, params).await.map_err(Error::query) })
             .await
     }
+
+    /// The connection the transaction runs on (for its row streams).
+    pub(super) fn conn(&self) -> &'t PgConn {
+        self.conn
+    }
+
+    /// Starts a row stream's statement, bounded and recorded as every other statement.
+    pub(super) async fn start_stream(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<tokio_postgres::RowStream, Error> {
+        self.run(async {
+            self.conn
+                .start_stream(sql, params)
+                .await
+                .map_err(Error::query)
+        })
+        .await
+    }
+
+    /// A row stream's statement failed or was abandoned: the transaction cannot commit.
+    pub(super) fn note_failure(&self, reason: String, code: Option<String>) {
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        if failed.is_none() {
+            *failed = Some((reason, code));
+        }
+    }
 }
 
 /// A failed COMMIT: rerun the body on 40001 / 40P01 (the transaction rolled back); keep

@@ -19,7 +19,7 @@ pub struct PooledConnection<C: Connector> {
     pool: Arc<Inner<C>>,
     /// Set while the pool itself has a round trip in flight on the connection (the validation
     /// ping), or by `discard`: the connection is closed instead of returned, for this reason.
-    poisoned: Option<CloseReason>,
+    pub(super) poisoned: Option<CloseReason>,
     /// The leak watch, when leak detection is on and this checkout is watched.
     leak: Option<Box<super::leak::Watch>>,
 }
@@ -46,7 +46,7 @@ impl<C: Connector> PooledConnection<C> {
         }
     }
 
-    fn slot(&self) -> &Slot<C::Conn> {
+    pub(super) fn slot(&self) -> &Slot<C::Conn> {
         self.slot.as_ref().expect("slot present until drop")
     }
 
@@ -261,7 +261,13 @@ pub(super) async fn acquire<C: Connector>(
         let now = Instant::now();
         start.get_or_insert(now);
         let until = *deadline.get_or_insert(now + timeout);
-        if let Some(reason) = check(inner, &mut guard, now, until).await {
+        let verdict = match check(inner, &mut guard, now, until).await {
+            None if inner.connector.has_acquire_check() => {
+                super::hooks::before_acquire(inner, &mut guard, until).await
+            }
+            v => v,
+        };
+        if let Some(reason) = verdict {
             let slot = guard.slot.take().expect("slot present");
             let slot = {
                 let mut st = inner.lock();

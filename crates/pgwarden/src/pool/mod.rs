@@ -18,6 +18,7 @@ mod counters;
 mod error;
 mod evict;
 mod guard;
+mod hooks;
 mod leak;
 mod state;
 mod worker;
@@ -78,6 +79,23 @@ pub trait Connector: Send + Sync + 'static {
         &'a self,
         conn: &'a Self::Conn,
     ) -> impl Future<Output = Result<(), ConnectError>> + Send + 'a;
+
+    /// True when [`Connector::before_acquire`] has work to do. Read once per acquire, so a
+    /// connector without an acquire check pays nothing for it. Default: false.
+    fn has_acquire_check(&self) -> bool {
+        false
+    }
+
+    /// The application's check before a connection is handed out: `true` hands it out,
+    /// `false` (or an error) closes it and the acquire takes another. The pool bounds it by
+    /// the acquire deadline and closes the connection if it does not finish.
+    fn before_acquire<'a>(
+        &'a self,
+        conn: &'a Self::Conn,
+    ) -> impl Future<Output = Result<bool, ConnectError>> + Send + 'a {
+        let _ = conn;
+        async { Ok(true) }
+    }
 
     /// Severs the connection from the outside, even while a user holds it: the pool calls this
     /// for connections still checked out when `close()` reaches its deadline, and for dirty

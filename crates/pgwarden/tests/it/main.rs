@@ -4,11 +4,14 @@
 //! share one server per process; tests that stop, restart, pause or reconfigure a server start
 //! their own.
 
+mod api;
 mod common;
 mod config;
 mod conn_transaction;
 mod errors;
 mod failover;
+mod hooks;
+mod hooks_pool;
 mod http;
 mod leak;
 mod manager;
