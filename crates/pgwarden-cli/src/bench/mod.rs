@@ -59,6 +59,9 @@ pub(crate) struct BenchArgs {
     /// Write the report as JSON to FILE (`-` for stdout; the text then goes to stderr).
     #[arg(long, value_name = "FILE")]
     json: Option<String>,
+    /// Serve /metrics (Prometheus), /health and /status on HOST:PORT while the load runs.
+    #[arg(long, value_name = "HOST:PORT")]
+    serve: Option<std::net::SocketAddr>,
 }
 
 /// `-d`: a plain number is seconds; `ms`, `s`, `m` suffixes accepted.
@@ -169,6 +172,28 @@ async fn bench(
     let db = PoolManager::from_config(config)
         .await
         .map_err(|e| Failure::connecting(&e))?;
+    let endpoints = match args.serve {
+        Some(addr) => match pgwarden::http::serve(db.clone(), addr).await {
+            Ok(s) => {
+                say.line(&format!(
+                    "serving /metrics, /health and /status on http://{}",
+                    s.local_addr()
+                ));
+                Some(s)
+            }
+            Err(e) => {
+                db.close(Duration::from_secs(2)).await;
+                return Err(Failure::runtime(
+                    format!("cannot serve on {addr}: {e}"),
+                    Some(
+                        "Choose a free port (or port 0 for any), e.g. --serve 127.0.0.1:9187."
+                            .into(),
+                    ),
+                ));
+            }
+        },
+        None => None,
+    };
     let version = server_version(&db).await;
     let server = format!(
         "PostgreSQL {version}{}",
@@ -216,6 +241,9 @@ async fn bench(
     .await;
     if let Some(t) = &tables {
         unseed(&db, t, say).await;
+    }
+    if let Some(s) = endpoints {
+        let _ = s.stop().await;
     }
     db.close(Duration::from_secs(2)).await;
     let (job, outcome, snapshot) = result?;

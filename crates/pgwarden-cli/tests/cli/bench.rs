@@ -295,3 +295,55 @@ fn a_statement_that_fails_on_some_calls_is_reported_with_its_first_error() {
     assert!(out.contains("duplicate key"), "{out}");
     assert_eq!(server.psql(&db, "SELECT count(*) FROM once").unwrap(), "1");
 }
+
+/// A plain HTTP/1.0 GET over loopback: the status code and the body.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the endpoints");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (code, body)
+}
+
+#[test]
+fn serve_exposes_metrics_health_and_status_while_the_load_runs() {
+    let (_server, _db, url) = own_database();
+    let mut run = Running::spawn(
+        &["bench", "-d", "30", "-c", "2", "--serve", "127.0.0.1:0"],
+        &[("DATABASE_URL", &url)],
+    );
+    let line = run.wait_for("serving /metrics", Duration::from_secs(60));
+    let addr = line
+        .rsplit("http://")
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    run.wait_for("running ", Duration::from_secs(30));
+    run.wait_for("[", Duration::from_secs(30));
+    let (code, metrics) = http_get(&addr, "/metrics");
+    assert_eq!(code, 200, "{metrics}");
+    assert!(metrics.contains("pgwarden_queries_total"), "{metrics}");
+    let (code, health) = http_get(&addr, "/health");
+    assert!(code == 200 || code == 503, "{code} {health}");
+    assert!(health.contains("\"grade\""), "{health}");
+    let (code, status) = http_get(&addr, "/status");
+    assert_eq!(code, 200);
+    assert!(status.contains("Pool Health:"), "{status}");
+    let pid = nix::unistd::Pid::from_raw(run.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let (code, out) = run.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        std::net::TcpStream::connect(&addr).is_err(),
+        "the endpoints still answer on {addr} after the run"
+    );
+}
