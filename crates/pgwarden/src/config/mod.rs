@@ -35,6 +35,7 @@ mod error;
 mod load;
 mod parse;
 mod profile;
+mod session_attrs;
 mod syntax;
 mod target;
 mod tls;
@@ -46,6 +47,7 @@ use std::path::Path;
 pub use effective::{Setting, Source};
 pub use error::{ConfigError, Problem};
 pub use profile::*;
+pub use session_attrs::{SessionAttrs, UnknownSessionAttrs};
 pub use target::{DbTarget, TargetError};
 pub use tls::{Secret, SslMode};
 
