@@ -111,4 +111,54 @@ async fn each_value_picks_the_host_libpq_would() {
         .psql(&db, "SELECT count(*) FROM ledger")
         .expect("count");
     assert_eq!(n.trim(), "3");
+
+    // target_session_attrs=standby with the primary listed first: the pool's sessions are on
+    // the standby (the router steers to it rather than to the read-write host), reads run
+    // there, and the target is known read-only.
+    let app = app_name("tsa-standby");
+    let vars = [
+        ("DATABASE_URL", url(&[&primary, &standby], &db, A::Standby)),
+        ("DB_POOL_MAX", "2".to_owned()),
+        ("DB_POOL_MIN", "1".to_owned()),
+        ("DB_ACQUIRE_TIMEOUT", "1s".to_owned()),
+        ("DB_RETRY_BUDGET", "1s".to_owned()),
+        ("DB_APPLICATION_NAME", app.clone()),
+    ];
+    let config = Config::from_vars(vars.iter().map(|(k, v)| (*k, v.as_str()))).expect("config");
+    let m = PoolManager::from_config(&config).await.expect("manager");
+    use pgwarden::manager::route::PoolId;
+    assert_eq!(m.router().writable(PoolId::Primary), Some(false));
+    eventually(
+        Duration::from_secs(10),
+        "the standby replayed the rows",
+        || {
+            let m = &m;
+            async move {
+                let n: i64 = m
+                    .query_one("SELECT count(*) FROM ledger", &[])
+                    .read_only()
+                    .await
+                    .expect("a read on the standby")
+                    .get(0);
+                n == 3
+            }
+        },
+    )
+    .await;
+    // Without a failover pool there is nowhere else to go: the standby refuses the write.
+    let e = m
+        .execute("INSERT INTO ledger VALUES (4)", &[])
+        .await
+        .expect_err("a standby-only target serves no writes");
+    assert_eq!(e.code(), Some("25006"), "{e}");
+    let n = primary
+        .psql(&db, "SELECT count(*) FROM ledger WHERE id = 4")
+        .expect("count");
+    assert_eq!(n.trim(), "0", "the write did not reach the primary");
+    assert!(
+        primary.sessions(&app).expect("sessions").is_empty(),
+        "no pooled session on the primary"
+    );
+    assert!(!standby.sessions(&app).expect("sessions").is_empty());
+    m.close(Duration::from_secs(5)).await;
 }
