@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio_postgres::config::Host;
 use tokio_postgres::Statement;
 
-use crate::config::SslMode;
+use crate::config::{SessionAttrs, SslMode};
 use crate::conn::{CancelTarget, PgConn};
 use crate::pool::ConnectError;
 use crate::pool::{Connector, KillSwitch};
@@ -72,6 +72,10 @@ pub struct ConnectOptions {
     /// The application's decision on each connection coming back; see
     /// [`crate::AfterRelease`]. Default: none.
     pub after_release: Option<crate::AfterRelease>,
+    /// libpq's `target_session_attrs`, all six values (see [`SessionAttrs`]); `None` takes the
+    /// tokio-postgres configuration's own (any, read-write or read-only). Set from the
+    /// target by [`PgConnector::for_target`]. Default: `None`.
+    pub target_session_attrs: Option<SessionAttrs>,
 }
 
 impl Default for ConnectOptions {
@@ -92,6 +96,7 @@ impl Default for ConnectOptions {
             after_connect: None,
             before_acquire: None,
             after_release: None,
+            target_session_attrs: None,
         }
     }
 }
@@ -112,6 +117,8 @@ pub struct PgConnector {
     /// The host tried first: the one the role probe last found read-write (see
     /// [`PgConnector::prefer_host`]).
     preferred: AtomicUsize,
+    /// Which hosts a connection may use, checked after each handshake.
+    attrs: SessionAttrs,
 }
 
 impl std::fmt::Debug for PgConnector {
@@ -135,12 +142,16 @@ impl PgConnector {
     ) -> Result<Self, TlsError> {
         let tls = MakeRustls::new(ssl_mode, root_cert)?;
         let hosts = split_hosts(pg, ssl_mode, &opts);
+        let attrs = opts
+            .target_session_attrs
+            .unwrap_or_else(|| SessionAttrs::from_pg(pg.get_target_session_attrs()));
         Ok(Self {
             hosts,
             tls,
             opts,
             cache_counters: Arc::default(),
             preferred: AtomicUsize::new(0),
+            attrs,
         })
     }
 
@@ -154,6 +165,11 @@ impl PgConnector {
             self.opts.statement_cache_size,
             Arc::clone(&self.cache_counters),
         ))
+    }
+
+    /// The `target_session_attrs` this connector enforces.
+    pub fn session_attrs(&self) -> SessionAttrs {
+        self.attrs
     }
 
     /// The options.
@@ -263,7 +279,8 @@ fn split_hosts(
             c.keepalives_idle(opts.keepalive_idle);
             c.keepalives_interval(Duration::from_secs(10));
             c.keepalives_retries(3);
-            c.target_session_attrs(pg.get_target_session_attrs());
+            // The connector checks the role itself, for all six of libpq's values.
+            c.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::Any);
             c.channel_binding(pg.get_channel_binding());
             let db = pg.get_dbname().unwrap_or("");
             HostTarget {
@@ -275,6 +292,68 @@ fn split_hosts(
         .collect()
 }
 
+impl PgConnector {
+    /// One handshake to one host, then (unless `need` is `any`) its role, which must suit
+    /// `need`. A host that does not is closed and reported as a transient failure: roles
+    /// change on failover.
+    async fn connect_host(
+        &self,
+        h: &HostTarget,
+        need: SessionAttrs,
+    ) -> Result<PgConn, ConnectError> {
+        let (client, connection) = h
+            .config
+            .connect(self.tls.clone())
+            .await
+            .map_err(|e| ConnectError::from_pg(&h.label, &e))?;
+        let label = h.label.clone();
+        let driver = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(target = %label, error = %e, "connection ended with an error");
+            }
+        });
+        if need.checks_role() {
+            let role = async {
+                let row = client.query_one(probe::PROBE_SQL, &[]).await?;
+                Ok::<_, tokio_postgres::Error>((
+                    row.try_get::<_, bool>(0)?,
+                    row.try_get::<_, String>(1)? == "on",
+                ))
+            }
+            .await;
+            let refused = match role {
+                Ok((in_recovery, read_only)) if need.accepts(in_recovery, read_only) => None,
+                Ok((in_recovery, read_only)) => Some(ConnectError::transient(
+                    &h.label,
+                    format!(
+                        "the server is {} (target_session_attrs={})",
+                        match (in_recovery, read_only) {
+                            (true, _) => "a standby in recovery",
+                            (false, true) => "a primary with read-only sessions",
+                            (false, false) => "a read-write primary",
+                        },
+                        self.attrs
+                    ),
+                )),
+                Err(e) => Some(ConnectError::from_pg(&h.label, &e)),
+            };
+            if let Some(e) = refused {
+                drop(client);
+                driver.abort();
+                return Err(e);
+            }
+        }
+        Ok(PgConn::new(
+            client,
+            driver.abort_handle(),
+            self.tls.clone(),
+            h.cancel.clone(),
+            self.new_cache(),
+            self.opts.query_timeout,
+        ))
+    }
+}
+
 impl Connector for PgConnector {
     type Conn = PgConn;
 
@@ -282,45 +361,33 @@ impl Connector for PgConnector {
         let mut last = None;
         let first = self.preferred.load(Ordering::Relaxed).min(self.hosts.len());
         let (tail, head) = self.hosts.split_at(first);
-        for h in head.iter().chain(tail) {
-            let attempt = tokio::time::timeout(
-                self.opts.connect_timeout,
-                h.config.connect(self.tls.clone()),
-            )
-            .await;
-            match attempt {
-                Ok(Ok((client, connection))) => {
-                    let label = h.label.clone();
-                    let driver = tokio::spawn(async move {
-                        if let Err(e) = connection.await {
-                            tracing::debug!(target = %label, error = %e, "connection ended with an error");
+        // As libpq: prefer-standby makes a second pass, accepting any host, when no host
+        // was a standby.
+        for &need in self.attrs.passes() {
+            for h in head.iter().chain(tail) {
+                let attempt =
+                    tokio::time::timeout(self.opts.connect_timeout, self.connect_host(h, need))
+                        .await;
+                match attempt {
+                    Ok(Ok(conn)) => {
+                        // Checked once: a connector without hooks pays nothing more.
+                        if self.opts.init_sql.is_some() || self.opts.after_connect.is_some() {
+                            // Cancellation safety: on failure (or if this future is dropped)
+                            // the connection is dropped here, which closes it.
+                            crate::hooks::after_connect(&self.opts, &conn, &h.label).await?;
                         }
-                    });
-                    let conn = PgConn::new(
-                        client,
-                        driver.abort_handle(),
-                        self.tls.clone(),
-                        h.cancel.clone(),
-                        self.new_cache(),
-                        self.opts.query_timeout,
-                    );
-                    // Checked once: a connector without hooks pays nothing more.
-                    if self.opts.init_sql.is_some() || self.opts.after_connect.is_some() {
-                        // Cancellation safety: on failure (or if this future is dropped) the
-                        // connection is dropped here, which closes it.
-                        crate::hooks::after_connect(&self.opts, &conn, &h.label).await?;
+                        return Ok(conn);
                     }
-                    return Ok(conn);
-                }
-                Ok(Err(e)) => last = Some(ConnectError::from_pg(&h.label, &e)),
-                Err(_) => {
-                    last = Some(ConnectError::transient(
-                        &h.label,
-                        format!(
-                            "handshake timed out after {}ms (DB_CONNECT_TIMEOUT)",
-                            self.opts.connect_timeout.as_millis()
-                        ),
-                    ));
+                    Ok(Err(e)) => last = Some(e),
+                    Err(_) => {
+                        last = Some(ConnectError::transient(
+                            &h.label,
+                            format!(
+                                "handshake timed out after {}ms (DB_CONNECT_TIMEOUT)",
+                                self.opts.connect_timeout.as_millis()
+                            ),
+                        ));
+                    }
                 }
             }
         }

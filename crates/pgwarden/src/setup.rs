@@ -58,11 +58,15 @@ impl PgConnector {
     /// # Errors
     /// When the TLS settings cannot be honoured (verify-* without a usable root certificate).
     pub fn for_target(target: &DbTarget, config: &Config) -> Result<Self, TlsError> {
+        let opts = ConnectOptions {
+            target_session_attrs: Some(target.session_attrs()),
+            ..ConnectOptions::from_config(config)
+        };
         PgConnector::new(
             target.pg_config(),
             target.ssl_mode(),
             config.root_cert_for(target),
-            ConnectOptions::from_config(config),
+            opts,
         )
     }
 }

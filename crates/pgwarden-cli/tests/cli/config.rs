@@ -34,6 +34,11 @@ fn config_prints_a_table_of_every_variable_its_value_and_source() {
         row(&out, "DB_POOL_MIN"),
         ["DB_POOL_MIN", "25", "production profile default"]
     );
+    assert_eq!(
+        row(&out, "DB_READ_MAX_LAG"),
+        ["DB_READ_MAX_LAG", "16MB", "production profile default"]
+    );
+    assert_eq!(row(&out, "DB_READ_URL")[1], "(none)", "{out}");
     assert!(
         row(&out, "DATABASE_URL")[1].starts_with("postgres://app:***@db.internal:5432/app"),
         "{out}"

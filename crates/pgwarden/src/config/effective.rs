@@ -4,7 +4,7 @@
 use std::fmt;
 
 use super::load::VARIABLES;
-use super::parse::format_duration;
+use super::parse::{format_bytes, format_duration};
 use super::{Config, Profile};
 
 /// Where a setting's value came from.
@@ -111,6 +111,11 @@ impl Config {
                 .failover_url
                 .as_ref()
                 .map_or_else(|| "(the primary's target)".into(), |t| t.redacted()),
+            "DB_READ_URL" => self
+                .read_url
+                .as_ref()
+                .map_or_else(|| "(none)".into(), |t| t.redacted()),
+            "DB_READ_MAX_LAG" => format_bytes(self.read.max_lag_bytes),
             "DB_POOL_MAX" => self.pool.max_size.to_string(),
             "DB_POOL_MIN" => self.pool.min_idle.to_string(),
             "DB_CONNECT_TIMEOUT" => d(self.pool.connect_timeout),

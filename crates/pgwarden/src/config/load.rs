@@ -5,14 +5,16 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use super::parse::{parse_bool, parse_count, parse_duration, parse_percent, ParseError};
+use super::parse::{
+    parse_bool, parse_bytes, parse_count, parse_duration, parse_percent, ParseError,
+};
 use super::syntax::redact_unparsed;
 use super::{Config, ConfigError, DbTarget, Problem, Profile, Source};
 
 /// Every variable pgwarden reads, in the order of DESIGN.md's table (`APP_ENV`, the host
 /// application's variable, is read for the profile only). `PGWARDEN_PG_BIN` belongs to the
 /// test harness and the CLI.
-pub(crate) const VARIABLES: [&str; 23] = [
+pub(crate) const VARIABLES: [&str; 25] = [
     "DB_PROFILE",
     "APP_ENV",
     "DATABASE_URL",
@@ -34,6 +36,8 @@ pub(crate) const VARIABLES: [&str; 23] = [
     "DB_HEALTH_CHECK_INTERVAL",
     "DB_APPLICATION_NAME",
     "DB_SSL_ROOT_CERT",
+    "DB_READ_URL",
+    "DB_READ_MAX_LAG",
     "DB_LEAK_DETECTION_THRESHOLD",
     "DB_CONNECT_INIT_SQL",
 ];
@@ -251,6 +255,10 @@ pub(crate) fn load(
 
     cfg.database_url = l.target(&mut cfg, "DATABASE_URL");
     cfg.failover_url = l.target(&mut cfg, "DB_FAILOVER_URL");
+    cfg.read_url = l.target(&mut cfg, "DB_READ_URL");
+    l.field(&mut cfg, "DB_READ_MAX_LAG", parse_bytes, |c, v| {
+        c.read.max_lag_bytes = v
+    });
     l.field(&mut cfg, "DB_POOL_MAX", parse_count, |c, v| {
         c.pool.max_size = v
     });

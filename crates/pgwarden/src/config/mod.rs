@@ -35,6 +35,7 @@ mod error;
 mod load;
 mod parse;
 mod profile;
+mod session_attrs;
 mod syntax;
 mod target;
 mod tls;
@@ -46,13 +47,14 @@ use std::path::Path;
 pub use effective::{Setting, Source};
 pub use error::{ConfigError, Problem};
 pub use profile::*;
+pub use session_attrs::{SessionAttrs, UnknownSessionAttrs};
 pub use target::{DbTarget, TargetError};
 pub use tls::{Secret, SslMode};
 
 /// Settings that are parsed and validated but have no effect yet. `PoolManager::from_config`
-/// warns when the user sets one. Empty since the failover router and the health checker
-/// landed; a setting added ahead of its feature goes here until the feature lands.
-pub(crate) const NOT_YET_EFFECTIVE: &[&str] = &[];
+/// warns when the user sets one. A setting added ahead of its feature goes here until the
+/// feature lands: read routing's two, for now.
+pub(crate) const NOT_YET_EFFECTIVE: &[&str] = &["DB_READ_URL", "DB_READ_MAX_LAG"];
 
 /// The whole pgwarden configuration. Build it with [`Config::from_env`],
 /// [`Config::from_vars`] or [`Config::for_profile`]; check code-made changes with
@@ -71,6 +73,11 @@ pub struct Config {
     /// `DB_FAILOVER_URL`: the failover pool's target; `None` uses the primary's target.
     /// Default: none (the primary's target) in every profile.
     pub failover_url: Option<DbTarget>,
+    /// `DB_READ_URL`: the standby for `.read_only()` calls (which fall back to the primary).
+    /// Parsed and validated; read routing itself is not built yet. Default: none.
+    pub read_url: Option<DbTarget>,
+    /// Read routing's lag limit. Default: [`ReadConfig::for_profile`].
+    pub read: ReadConfig,
     /// The primary pool. Default: [`PoolConfig::for_profile`].
     pub pool: PoolConfig,
     /// Statement execution. Default: [`QueryConfig::for_profile`].
@@ -98,6 +105,8 @@ impl Config {
             profile,
             database_url: None,
             failover_url: None,
+            read_url: None,
+            read: ReadConfig::for_profile(profile),
             pool: PoolConfig::for_profile(profile),
             query: QueryConfig::for_profile(profile),
             retry: RetryConfig::for_profile(profile),

@@ -201,6 +201,60 @@ where
     ))
 }
 
+/// Byte sizes as PostgreSQL writes them: a whole number with an optional unit `B`, `kB`, `MB`,
+/// `GB` or `TB` (powers of 1024; case-insensitive, a space allowed). A bare number is bytes.
+pub(crate) fn parse_bytes(s: &str) -> Result<u64, ParseError> {
+    let s = s.trim();
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let (num, unit) = s.split_at(digits);
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1 << 10,
+        "mb" => 1 << 20,
+        "gb" => 1 << 30,
+        "tb" => 1 << 40,
+        _ => return Err((
+            format!("`{s}` is not a size"),
+            "write a whole number of bytes with an optional unit B, kB, MB, GB or TB, e.g. 16MB"
+                .to_string(),
+        )),
+    };
+    if num.is_empty() {
+        return Err((
+            format!("`{s}` is not a size"),
+            "write a whole number before the unit, e.g. 16MB".to_string(),
+        ));
+    }
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| {
+            (
+                format!("`{s}` is too large"),
+                "write a size below 16 EB (e.g. in GB or TB)".to_string(),
+            )
+        })
+}
+
+/// A byte size in the largest unit that divides it exactly (`16MB`, `1536kB`, `0`); parses
+/// back with [`parse_bytes`].
+pub(crate) fn format_bytes(n: u64) -> String {
+    if n == 0 {
+        return "0".to_string();
+    }
+    for (unit, scale) in [
+        ("TB", 1u64 << 40),
+        ("GB", 1 << 30),
+        ("MB", 1 << 20),
+        ("kB", 1 << 10),
+    ] {
+        if n % scale == 0 {
+            return format!("{}{unit}", n / scale);
+        }
+    }
+    format!("{n}B")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

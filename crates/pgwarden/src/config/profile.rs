@@ -350,6 +350,27 @@ impl HealthConfig {
     }
 }
 
+/// Default `DB_READ_MAX_LAG` (every profile): 16 MB of WAL.
+pub const DEFAULT_READ_MAX_LAG: u64 = 16 * 1024 * 1024;
+
+/// Read routing to a standby (`DB_READ_URL`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadConfig {
+    /// `DB_READ_MAX_LAG`: bytes of WAL (the primary's `pg_current_wal_lsn()` minus the
+    /// standby's `pg_last_wal_replay_lsn()`) beyond which the standby serves no reads; 0 = no
+    /// limit. Default: [`DEFAULT_READ_MAX_LAG`] (16 MB) in every profile.
+    pub max_lag_bytes: u64,
+}
+
+impl ReadConfig {
+    /// The defaults of `profile` (the same in every profile).
+    pub fn for_profile(_profile: Profile) -> ReadConfig {
+        ReadConfig {
+            max_lag_bytes: DEFAULT_READ_MAX_LAG,
+        }
+    }
+}
+
 /// TLS settings that are not part of a URL.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct TlsConfig {

@@ -20,7 +20,6 @@ const PASSTHROUGH: &[&str] = &[
     "keepalives_idle",
     "keepalives_interval",
     "keepalives_retries",
-    "target_session_attrs",
     "channel_binding",
     "load_balance_hosts",
 ];
@@ -33,6 +32,7 @@ const OWN: &[&str] = &[
     "port",
     "sslmode",
     "sslrootcert",
+    "target_session_attrs",
 ];
 /// libpq TLS parameters pgwarden does not support (yet): rejected, never silently ignored,
 /// since ignoring a client certificate or a CRL changes security.
@@ -218,6 +218,16 @@ fn apply(key: &str, value: String, raw: &mut Raw) -> Result<(), TargetError> {
                     "remove {k}; pgwarden supports sslmode and sslrootcert (or DB_SSL_ROOT_CERT)"
                 ),
             ))
+        }
+        // All six of libpq's values; tokio-postgres knows three, so checked here, not there.
+        "target_session_attrs" => {
+            if let Err(e) = value.parse::<super::SessionAttrs>() {
+                return Err(TargetError::new(
+                    "target_session_attrs has a value libpq does not know",
+                    e.to_string(),
+                ));
+            }
+            raw.params.push((key.to_string(), value));
         }
         k if PASSTHROUGH.contains(&k) => {
             if tokio_postgres::Config::from_str(&format!("{k}={}", quote(&value))).is_err() {

@@ -11,7 +11,7 @@ use std::str::FromStr;
 use super::syntax::{
     enc, parse_kv, parse_url, quote, secret_candidates, strip_scheme, Raw, URL_FIX,
 };
-use super::{Secret, SslMode};
+use super::{Secret, SessionAttrs, SslMode};
 
 /// Why a target string could not be parsed. `Display` gives the problem, [`TargetError::fix`]
 /// the fix; neither ever contains the password or echoes the raw input.
@@ -68,6 +68,7 @@ pub struct DbTarget {
     params: Vec<(String, String)>,
     ssl_mode: SslMode,
     ssl_root_cert: Option<PathBuf>,
+    session_attrs: SessionAttrs,
 }
 
 impl DbTarget {
@@ -102,7 +103,18 @@ impl DbTarget {
 
     fn build(raw: Raw) -> Result<DbTarget, TargetError> {
         let mut kv = String::new();
+        let mut session_attrs = SessionAttrs::Any;
         for (k, v) in &raw.params {
+            // tokio-postgres knows only three of libpq's six values: pgwarden checks roles.
+            if k == "target_session_attrs" {
+                session_attrs = v.parse().map_err(|e: super::UnknownSessionAttrs| {
+                    TargetError::new(
+                        "target_session_attrs has a value libpq does not know",
+                        e.to_string(),
+                    )
+                })?;
+                continue;
+            }
             kv.push_str(&format!("{k}={} ", quote(v)));
         }
         let mut pg = tokio_postgres::Config::from_str(&kv)
@@ -148,6 +160,11 @@ impl DbTarget {
         if let Some(d) = &raw.dbname {
             pg.dbname(d.as_str());
         }
+        // Carried for callers that hand pg_config() to a connector of their own; pgwarden's
+        // connector checks the role itself from `session_attrs`.
+        if let Some(t) = session_attrs.to_pg() {
+            pg.target_session_attrs(t);
+        }
         // TLS is negotiated by pgwarden's connector, never by tokio-postgres.
         pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
         Ok(DbTarget {
@@ -160,6 +177,7 @@ impl DbTarget {
             params: raw.params,
             ssl_mode: raw.ssl_mode.unwrap_or_default(),
             ssl_root_cert: raw.ssl_root_cert,
+            session_attrs,
         })
     }
 
@@ -177,6 +195,12 @@ impl DbTarget {
     /// The `sslrootcert` of the URL, if any.
     pub fn ssl_root_cert(&self) -> Option<&Path> {
         self.ssl_root_cert.as_deref()
+    }
+
+    /// `target_session_attrs`: which hosts a connection may use; [`SessionAttrs::Any`] when
+    /// absent.
+    pub fn session_attrs(&self) -> SessionAttrs {
+        self.session_attrs
     }
 
     /// The user name, if given.
@@ -267,6 +291,7 @@ impl fmt::Debug for DbTarget {
             .field("dbname", &self.dbname)
             .field("ssl_mode", &self.ssl_mode)
             .field("ssl_root_cert", &self.ssl_root_cert)
+            .field("session_attrs", &self.session_attrs)
             .field("params", &self.params)
             .finish()
     }

@@ -146,6 +146,41 @@ fn passthrough_parameters_reach_tokio_postgres() {
     );
     let e = DbTarget::parse("postgres://u@h/db?target_session_attrs=sometimes").unwrap_err();
     assert!(e.to_string().contains("target_session_attrs"), "{e}");
+    assert!(e.fix().contains("prefer-standby"), "{}", e.fix());
+}
+
+#[test]
+fn every_target_session_attrs_value_parses_in_both_syntaxes() {
+    use crate::config::SessionAttrs;
+    use tokio_postgres::config::TargetSessionAttrs as T;
+    assert_eq!(
+        parse("postgres://u@h/db").session_attrs(),
+        SessionAttrs::Any
+    );
+    for a in SessionAttrs::ALL {
+        let url = parse(&format!(
+            "postgres://u@h1:5432,h2:5433/db?target_session_attrs={a}"
+        ));
+        let kv = parse(&format!(
+            "host=h1,h2 port=5432,5433 target_session_attrs={a}"
+        ));
+        assert_eq!(url.session_attrs(), a);
+        assert_eq!(kv.session_attrs(), a);
+        // The three tokio-postgres knows ride along in pg_config(); the others stay Any there.
+        let want = match a {
+            SessionAttrs::ReadWrite => T::ReadWrite,
+            SessionAttrs::ReadOnly => T::ReadOnly,
+            _ => T::Any,
+        };
+        assert_eq!(url.pg_config().get_target_session_attrs(), want, "{a}");
+        // Shown back in the redacted form.
+        assert!(
+            url.redacted()
+                .contains(&format!("target_session_attrs={a}")),
+            "{}",
+            url.redacted()
+        );
+    }
 }
 
 #[test]

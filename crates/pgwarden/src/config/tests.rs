@@ -59,8 +59,16 @@ fn every_variable_is_parsed_into_the_config() {
         ("DB_LEAK_DETECTION_THRESHOLD", "30s"),
         ("DB_SSL_ROOT_CERT", "/etc/ssl/ca.pem"),
         ("DB_CONNECT_INIT_SQL", "SET TIME ZONE 'UTC'"),
+        (
+            "DB_READ_URL",
+            "postgres://app:pw@replica:5434/app?target_session_attrs=standby",
+        ),
+        ("DB_READ_MAX_LAG", "4 MB"),
     ]);
     assert_eq!(c.profile, Profile::Staging);
+    assert_eq!(c.read_url.as_ref().unwrap().hosts(), ["replica"]);
+    assert_eq!(c.read.max_lag_bytes, 4 << 20);
+    assert_eq!(c.render("DB_READ_MAX_LAG"), "4MB");
     assert_eq!(c.database_url.as_ref().unwrap().hosts(), ["primary"]);
     assert_eq!(c.failover_url.as_ref().unwrap().ports(), [5433]);
     assert_eq!(c.failover_target().unwrap().hosts(), ["standby"]);
@@ -153,6 +161,9 @@ fn assert_common_defaults(c: &Config) {
     assert_eq!(c.retry.budget, ms(5_000));
     assert_eq!(c.failover.threshold_pct, 80);
     assert_eq!(c.failover.release_pct(), 70);
+    assert!(c.read_url.is_none());
+    assert_eq!(c.read.max_lag_bytes, 16 << 20);
+    assert_eq!(c.render("DB_READ_MAX_LAG"), "16MB");
     assert_eq!(c.tls.root_cert, None);
     assert!(c.database_url.is_none() && c.failover_url.is_none());
     let h = &c.health.thresholds;

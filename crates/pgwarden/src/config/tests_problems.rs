@@ -291,3 +291,34 @@ fn validate_catches_problems_made_in_code() {
         "{e}"
     );
 }
+
+#[test]
+fn read_max_lag_takes_postgres_sizes_and_rejects_the_rest() {
+    use super::parse::{format_bytes, parse_bytes};
+    for (text, bytes) in [
+        ("0", 0),
+        ("1024", 1024),
+        ("512B", 512),
+        ("64kB", 64 << 10),
+        ("16MB", 16 << 20),
+        ("16 mb", 16 << 20),
+        ("2GB", 2 << 30),
+        ("1TB", 1 << 40),
+    ] {
+        assert_eq!(parse_bytes(text), Ok(bytes), "{text}");
+        // Rendered values parse back to the same size.
+        assert_eq!(parse_bytes(&format_bytes(bytes)), Ok(bytes), "{text}");
+    }
+    assert_eq!(format_bytes(1536), "1536B");
+    assert_eq!(format_bytes(3 << 19), "1536kB");
+    assert_eq!(load(&[("DB_READ_MAX_LAG", "0")]).read.max_lag_bytes, 0);
+    for bad in ["-1", "16XB", "MB", "1.5MB", "99999999999TB"] {
+        let e = problems(&[("DB_READ_MAX_LAG", bad)]);
+        assert_problem(&e, "DB_READ_MAX_LAG", "", "");
+    }
+    let e = problems(&[(
+        "DB_READ_URL",
+        "postgres://u@h/db?target_session_attrs=never",
+    )]);
+    assert_problem(&e, "DB_READ_URL", "cannot be parsed", "prefer-standby");
+}

@@ -184,6 +184,7 @@ impl Config {
         for (var, target) in [
             ("DATABASE_URL", &self.database_url),
             ("DB_FAILOVER_URL", &self.failover_url),
+            ("DB_READ_URL", &self.read_url),
         ] {
             if let Some(t) = target {
                 self.check_tls(var, t, &mut push);

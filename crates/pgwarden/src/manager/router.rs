@@ -9,7 +9,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::route::{route, FailoverStats, Marking, Overflow, PoolId, PoolView, RouteInput};
-use crate::connect::{HostRole, PgConnector};
+use crate::config::SessionAttrs;
+use crate::connect::{HostRole, PgConnector, Role};
 use crate::pool::{Connector, Pool};
 
 /// What the router knows of one pool's target. Atomics: read on every checkout.
@@ -243,9 +244,24 @@ impl Router {
         let st = self.state(id);
         let pool = self.pool(id);
         let up = roles.iter().any(|h| h.role.is_ok());
+        let attrs = pool.connector().session_attrs();
+        let standby_up = roles.iter().any(|h| h.role == Ok(Role::Standby));
+        // A target asking for a standby (or any read-only session) gets one, as in libpq:
+        // it serves no writes, and is steered to that host rather than the read-write one.
+        let wants_read_only = matches!(attrs, SessionAttrs::Standby | SessionAttrs::ReadOnly)
+            || (attrs == SessionAttrs::PreferStandby && standby_up);
         let rw = roles
             .iter()
-            .find(|h| matches!(h.role, Ok(r) if r.writable()));
+            .find(|h| matches!(h.role, Ok(r) if r.writable()))
+            .filter(|_| !wants_read_only);
+        if wants_read_only {
+            let need = attrs.passes()[0];
+            if let Some(h) = roles.iter().find(
+                |h| matches!(h.role, Ok(r) if need.accepts(r == Role::Standby, !r.writable())),
+            ) {
+                pool.connector().prefer_host(h.index);
+            }
+        }
         // The read-write host moved (a multi-host target after a switchover): connections on
         // the old one would refuse writes.
         let moved = rw.is_some_and(|h| pool.connector().prefer_host(h.index) != h.index);

@@ -21,4 +21,5 @@ mod pool_clean;
 mod pool_faults;
 mod proxy;
 mod regressions;
+mod session_attrs;
 mod tls;
