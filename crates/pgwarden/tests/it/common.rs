@@ -171,3 +171,22 @@ impl LogCapture {
         String::from_utf8_lossy(&self.buf.lock().unwrap()).into_owned()
     }
 }
+
+/// A primary with a database holding an empty `ledger (id bigint PRIMARY KEY)` table, and a
+/// streaming standby of it (`pg_basebackup -R`, same limits); the standby shares the
+/// primary's server slot.
+pub(crate) async fn primary_with_standby() -> (Arc<PgServer>, Arc<PgServer>, String) {
+    let primary = Arc::new(PgServer::start().expect("primary"));
+    let db = primary.create_database(None).expect("db");
+    primary
+        .psql(&db, "CREATE TABLE ledger (id bigint PRIMARY KEY)")
+        .expect("table");
+    let standby = Arc::new(
+        blocking({
+            let p = Arc::clone(&primary);
+            move || p.start_replica().expect("replica")
+        })
+        .await,
+    );
+    (primary, standby, db)
+}

@@ -152,18 +152,7 @@ async fn an_unreachable_failover_target_does_not_stop_the_manager() {
 /// and the write rerun on the read-write host, within the call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_turned_read_only_evicts_and_writes_move() {
-    let primary = Arc::new(PgServer::start().expect("primary"));
-    let db = primary.create_database(None).expect("db");
-    primary
-        .psql(&db, "CREATE TABLE ledger (id bigint PRIMARY KEY)")
-        .expect("table");
-    let standby = Arc::new(
-        blocking({
-            let p = Arc::clone(&primary);
-            move || p.start_replica().expect("replica")
-        })
-        .await,
-    );
+    let (primary, standby, db) = primary_with_standby().await;
     blocking({
         let s = Arc::clone(&standby);
         move || s.promote().expect("promote")
@@ -239,18 +228,7 @@ struct Books {
 async fn switchover_to_a_promoted_standby() {
     const WRITERS: i64 = 4;
     const WAIT_BEFORE_PROMOTE: Duration = Duration::from_secs(1);
-    let primary = Arc::new(PgServer::start().expect("primary"));
-    let db = primary.create_database(None).expect("db");
-    primary
-        .psql(&db, "CREATE TABLE ledger (id bigint PRIMARY KEY)")
-        .expect("table");
-    let standby = Arc::new(
-        blocking({
-            let p = Arc::clone(&primary);
-            move || p.start_replica().expect("replica")
-        })
-        .await,
-    );
+    let (primary, standby, db) = primary_with_standby().await;
     let app = app_name("switchover");
     let m = from_vars(&[
         ("DATABASE_URL", multi_host_url(&primary, &standby, &db)),

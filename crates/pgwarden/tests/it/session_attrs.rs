@@ -3,7 +3,6 @@
 //! primary when no host is a standby; a manager whose URL lists the standby first sends its
 //! writes to the primary.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use pgwarden::config::{Config, DbTarget, SessionAttrs};
@@ -43,18 +42,7 @@ async fn reached(url: &str) -> Result<u16, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_value_picks_the_host_libpq_would() {
-    let primary = Arc::new(PgServer::start().expect("primary"));
-    let db = primary.create_database(None).expect("db");
-    primary
-        .psql(&db, "CREATE TABLE ledger (id bigint PRIMARY KEY)")
-        .expect("table");
-    let standby = Arc::new(
-        blocking({
-            let p = Arc::clone(&primary);
-            move || p.start_replica().expect("replica")
-        })
-        .await,
-    );
+    let (primary, standby, db) = primary_with_standby().await;
     let (p, s) = (primary.port(), standby.port());
     use SessionAttrs as A;
     // (value, host reached with [standby, primary], with [primary, standby]).
