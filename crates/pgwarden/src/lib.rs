@@ -71,3 +71,8 @@ pub use tls::{MakeRustls, TlsError};
 
 /// A pool of PostgreSQL connections.
 pub type PgPool = Pool<PgConnector>;
+
+/// The guide's Rust blocks, run as doc tests so that the guide cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/GUIDE.md")]
+pub struct GuideDoctests;
