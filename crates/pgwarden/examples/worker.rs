@@ -93,6 +93,15 @@ async fn run_once(
     .await
 }
 
+/// The session died under the transaction before its COMMIT was sent: the server rolled it
+/// back, nothing committed. The manager does not rerun a body on its own then (it cannot know
+/// that running it twice is harmless); this worker's bodies are keyed, so it may.
+fn session_lost(e: &Error) -> bool {
+    e.pg_error().is_some_and(tokio_postgres::Error::is_closed)
+        || e.code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P"))
+}
+
 /// Transfer `id`, until it is known to be applied or fails for a reason retrying cannot fix.
 async fn transfer(db: &PoolManager, id: i64, accounts: i64, summary: &mut Summary) {
     let (from, to, amount) = (id % accounts + 1, (id + 1) % accounts + 1, 1 + id % 10);
@@ -126,8 +135,9 @@ async fn transfer(db: &PoolManager, id: i64, accounts: i64, summary: &mut Summar
                 // from being applied twice.
                 unknown = true;
             }
-            Err(e) if e.is_retryable() => {
-                // The manager's own retries ran out (a restart, a full pool): wait, then try
+            Err(e) if e.is_retryable() || session_lost(&e) => {
+                // The manager's own retries ran out (a restart, a full pool), or the session
+                // died before COMMIT (the server rolled the transaction back): wait, then run it
                 // again. A real worker would put the job back on its queue instead.
                 tracing::warn!(transfer = id, attempt, error = %e, "transient failure; will retry");
                 tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;

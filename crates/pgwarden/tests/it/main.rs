@@ -10,6 +10,7 @@ mod config;
 mod conn_transaction;
 mod errors;
 mod failover;
+mod guide;
 mod hooks;
 mod hooks_pool;
 mod http;
