@@ -5,3 +5,4 @@ mod bench;
 mod check;
 mod common;
 mod config;
+mod guide;
