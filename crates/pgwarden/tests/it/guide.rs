@@ -169,6 +169,7 @@ fn every_message_the_guide_quotes_is_still_printed_by_the_code() {
     let mut code = String::new();
     sources(&root.join("src"), &mut code);
     sources(&root.join("../pgwarden-cli/src"), &mut code);
+    sources(&root.join("../pgwarden-testdb/src"), &mut code);
     let text = section("### Messages, their causes and fixes").join("\n");
     let quoted: Vec<&str> = text
         .split("**`")
