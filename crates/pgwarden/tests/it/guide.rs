@@ -101,6 +101,26 @@ fn guide_variable_table_is_the_configuration_s_every_variable_and_default() {
 }
 
 #[test]
+fn guide_dependency_line_asks_for_features_the_crate_has() {
+    let manifest = include_str!("../../Cargo.toml");
+    let toml = blocks("toml").join("\n");
+    let line = toml
+        .lines()
+        .find(|l| l.starts_with("pgwarden = "))
+        .expect("the guide's dependency line");
+    let features = line
+        .split_once("features = [")
+        .and_then(|(_, r)| r.split_once(']'))
+        .map_or("", |(f, _)| f);
+    for f in features.split(',').map(|f| f.trim().trim_matches('"')) {
+        assert!(
+            manifest.contains(&format!("\n{f} = [")),
+            "the guide asks for feature {f:?}, which crates/pgwarden does not have"
+        );
+    }
+}
+
+#[test]
 fn guide_grade_table_is_the_default_thresholds() {
     let t = HealthThresholds::default();
     let n = |v: f64| format!("{v}");
