@@ -369,14 +369,25 @@ async fn grafana_dashboard_parses_and_queries_only_real_metrics() {
     let panels = d["panels"].as_array().expect("panels");
     let mut ids = BTreeSet::new();
     let mut exprs = Vec::new();
+    let mut cells_taken = BTreeMap::new();
     for p in panels {
         let title = p["title"].as_str().expect("every panel has a title");
         assert!(
             ids.insert(p["id"].as_u64().expect("id")),
             "duplicate id at {title}"
         );
-        for k in ["h", "w", "x", "y"] {
-            assert!(p["gridPos"][k].is_u64(), "{title}: gridPos.{k}");
+        let g = |k: &str| {
+            p["gridPos"][k]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{title}: gridPos.{k}"))
+        };
+        assert!(g("x") + g("w") <= 24, "{title}: wider than the grid");
+        for x in g("x")..g("x") + g("w") {
+            for y in g("y")..g("y") + g("h") {
+                if let Some(other) = cells_taken.insert((x, y), title) {
+                    panic!("{title} overlaps {other}");
+                }
+            }
         }
         if p["type"] == "row" {
             continue;
