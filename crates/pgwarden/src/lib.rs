@@ -64,7 +64,10 @@ pub use hooks::{
     AfterConnect, AfterRelease, BeforeAcquire, CheckFuture, HookFuture, HookResult, Release,
     ReleaseFuture,
 };
-pub use manager::{GenericClient, ManagerOptions, PoolManager, RowStream, Snapshot, Tx};
+pub use manager::{
+    GenericClient, IsolationLevel, ManagerOptions, PoolManager, RowStream, Savepoint, Snapshot, Tx,
+    TxCall, TxOptions,
+};
 pub use pool::{Connector, KillSwitch, Pool, PoolCounters, PoolOptions, PooledConnection, Status};
 pub use statements::CacheStats;
 pub use tls::{MakeRustls, TlsError};
