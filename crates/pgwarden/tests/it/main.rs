@@ -23,3 +23,4 @@ mod proxy;
 mod regressions;
 mod session_attrs;
 mod tls;
+mod tx_options;
