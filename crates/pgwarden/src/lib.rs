@@ -8,7 +8,8 @@
 //!   with a statement in flight, cancellation-safe acquire.
 //! - [`PoolManager`]: the query API — a per-connection statement cache, query timeouts that
 //!   cancel on the server, retries that never run a write twice ("outcome unknown" instead),
-//!   transactions rerun whole on serialization failures and deadlocks, status and metrics.
+//!   transactions (isolation level, read only, savepoints) rerun whole on serialization
+//!   failures and deadlocks, status and metrics.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]

@@ -324,6 +324,11 @@ impl Tx {
 /// [`Savepoint::rollback`] undoes it (`ROLLBACK TO SAVEPOINT`). Dropped without either, it is
 /// rolled back: before the transaction's next statement or its commit (`Drop` cannot wait for
 /// the server, and nothing else runs on the connection in between).
+///
+/// # Cancellation
+/// A `commit()` or `rollback()` future dropped after its statement was sent leaves that
+/// statement in flight, as any abandoned statement does: the whole transaction then rolls back
+/// and says so. Dropped before it was first polled, the savepoint is rolled back as if dropped.
 #[must_use = "a savepoint dropped at once is rolled back at once"]
 pub struct Savepoint<'t> {
     tx: &'t mut Tx,
