@@ -8,7 +8,8 @@
 //!   with a statement in flight, cancellation-safe acquire.
 //! - [`PoolManager`]: the query API — a per-connection statement cache, query timeouts that
 //!   cancel on the server, retries that never run a write twice ("outcome unknown" instead),
-//!   transactions rerun whole on serialization failures and deadlocks, status and metrics.
+//!   transactions (isolation level, read only, savepoints) rerun whole on serialization
+//!   failures and deadlocks, status and metrics.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -64,7 +65,10 @@ pub use hooks::{
     AfterConnect, AfterRelease, BeforeAcquire, CheckFuture, HookFuture, HookResult, Release,
     ReleaseFuture,
 };
-pub use manager::{GenericClient, ManagerOptions, PoolManager, RowStream, Snapshot, Tx};
+pub use manager::{
+    GenericClient, IsolationLevel, ManagerOptions, PoolManager, RowStream, Savepoint, Snapshot, Tx,
+    TxCall, TxOptions,
+};
 pub use pool::{Connector, KillSwitch, Pool, PoolCounters, PoolOptions, PooledConnection, Status};
 pub use statements::CacheStats;
 pub use tls::{MakeRustls, TlsError};

@@ -161,10 +161,10 @@ impl Job {
                 let delta: i64 = rng.random_range(-100..=100);
                 db.transaction(|tx| {
                     let (update, insert) = (update.clone(), insert.clone());
-                    Box::pin(async move {
+                    async move {
                         tx.execute(&update, &[&delta, &id]).await?;
                         tx.execute(&insert, &[&id, &delta]).await
-                    })
+                    }
                 })
                 .await
                 .map(drop)

@@ -17,11 +17,18 @@ use super::sniff::is_transaction_control;
 use super::{PgConn, Sql};
 
 impl PgConn {
-    /// `BEGIN` for the manager's transaction API; the connection counts as dirty until
-    /// [`PgConn::finish`] completes.
-    pub(crate) async fn begin(&self) -> Result<(), tokio_postgres::Error> {
+    /// `BEGIN` (with the transaction's options) for the manager's transaction API; the
+    /// connection counts as dirty until [`PgConn::finish`] completes.
+    pub(crate) async fn begin(&self, begin_sql: &str) -> Result<(), tokio_postgres::Error> {
         self.in_tx.store(true, Relaxed);
-        tracked!(self, self.client.batch_execute("BEGIN"))
+        tracked!(self, self.client.batch_execute(begin_sql))
+    }
+
+    /// A `SAVEPOINT`, `RELEASE` or `ROLLBACK TO` the manager's transaction writes: inside a
+    /// transaction opened with [`PgConn::begin`], which [`PgConn::finish`] still ends, so the
+    /// connection is not marked as used raw.
+    pub(crate) async fn savepoint_control(&self, sql: &str) -> Result<(), tokio_postgres::Error> {
+        tracked!(self, self.client.batch_execute(sql))
     }
 
     /// `COMMIT` or `ROLLBACK` of a transaction opened with [`PgConn::begin`]. On success the

@@ -7,7 +7,7 @@ use tokio_postgres::Row;
 
 use super::call::Params;
 use super::stream::RowStream;
-use super::transaction::Tx;
+use super::tx::{Savepoint, Tx};
 use super::PoolManager;
 use crate::conn::PgConn;
 use crate::error::Error;
@@ -47,7 +47,7 @@ use crate::{PgConnector, PooledConnection};
 /// let conn = db.get().await?;
 /// assert_eq!(answer(&conn).await?, 42); // a checked-out connection
 /// drop(conn);
-/// let n = db.transaction(|tx| Box::pin(async move { answer(tx).await })).await?;
+/// let n = db.transaction(|tx| async move { answer(&tx).await }).await?;
 /// assert_eq!(n, 42); // a transaction
 /// # db.close(std::time::Duration::from_secs(1)).await;
 /// # Ok(())
@@ -186,7 +186,34 @@ impl GenericClient for PooledConnection<PgConnector> {
     }
 }
 
-impl<'t> GenericClient for Tx<'t> {
+impl GenericClient for Tx {
+    async fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
+        Tx::query(self, sql, params).await
+    }
+
+    async fn query_one(&self, sql: &str, params: Params<'_>) -> Result<Row, Error> {
+        Tx::query_one(self, sql, params).await
+    }
+
+    async fn query_opt(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>, Error> {
+        Tx::query_opt(self, sql, params).await
+    }
+
+    async fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, Error> {
+        Tx::execute(self, sql, params).await
+    }
+
+    async fn query_stream<'a>(
+        &'a self,
+        sql: &'a str,
+        params: Params<'a>,
+    ) -> Result<RowStream<'a>, Error> {
+        RowStream::start_in(self, sql, params).await
+    }
+}
+
+/// A savepoint's statements run in its transaction, at its depth.
+impl GenericClient for Savepoint<'_> {
     async fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
         Tx::query(self, sql, params).await
     }

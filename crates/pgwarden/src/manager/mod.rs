@@ -9,6 +9,8 @@ mod router;
 mod stats;
 mod stream;
 mod transaction;
+mod tx;
+mod tx_options;
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -17,7 +19,9 @@ pub use call::{Call, Exec, One, Op, Opt, Params, Rows};
 pub use client::GenericClient;
 pub use router::Router;
 pub use stream::RowStream;
-pub use transaction::{Tx, TxFuture};
+pub use transaction::TxCall;
+pub use tx::{Savepoint, Tx};
+pub use tx_options::{IsolationLevel, TxOptions};
 
 pub use crate::metrics::{ConnectionCounters, PoolSnapshot, QueryCounters, Snapshot};
 

@@ -9,7 +9,7 @@ use tokio_postgres::Row;
 
 use super::call::{bounded, checkout, AttemptResult, Ctx, Params, Retrying};
 use super::route::Marking;
-use super::transaction::Tx;
+use super::tx::Tx;
 use super::PoolManager;
 use crate::conn::PgConn;
 use crate::error::Error;
@@ -38,7 +38,7 @@ pub struct RowStream<'a> {
 enum Hold<'a> {
     Owned(PooledConnection<PgConnector>),
     Borrowed(&'a PgConn),
-    Tx(&'a Tx<'a>),
+    Tx(&'a Tx),
 }
 
 impl std::fmt::Debug for RowStream<'_> {
@@ -69,11 +69,7 @@ impl<'a> RowStream<'a> {
     }
 
     /// The stream of a statement started inside a manager's transaction.
-    pub(super) async fn start_in(
-        tx: &'a Tx<'a>,
-        sql: &str,
-        params: Params<'_>,
-    ) -> Result<Self, Error> {
+    pub(super) async fn start_in(tx: &'a Tx, sql: &str, params: Params<'_>) -> Result<Self, Error> {
         let rows = tx.start_stream(sql, params).await?;
         Ok(Self::new(rows, Hold::Tx(tx)))
     }

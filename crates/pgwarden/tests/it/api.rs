@@ -64,17 +64,15 @@ async fn one_function_runs_on_the_manager_a_connection_and_a_transaction() {
     drop(conn);
 
     let out = m
-        .transaction(|tx| Box::pin(async move { add_and_count(tx, 4).await }))
+        .transaction(|tx| async move { add_and_count(&tx, 4).await })
         .await
         .unwrap();
     assert_eq!(out, (4, Some(4), 4));
     // A transaction rolled back leaves nothing behind.
     let err = m
-        .transaction(|tx| {
-            Box::pin(async move {
-                add_and_count(tx, 5).await?;
-                tx.execute("SELECT 1/0", &[]).await
-            })
+        .transaction(|tx| async move {
+            add_and_count(&tx, 5).await?;
+            tx.execute("SELECT 1/0", &[]).await
         })
         .await
         .unwrap_err();
@@ -166,16 +164,14 @@ async fn stream_dropped_inside_a_transaction_rolls_it_back_and_says_so() {
     let (m, app) = manager(&server, &db, "stream-tx", 1, ManagerOptions::default());
     m.execute("CREATE TABLE st_t (id int8)", &[]).await.unwrap();
     let err = m
-        .transaction(|tx| {
-            Box::pin(async move {
-                tx.execute("INSERT INTO st_t VALUES (1)", &[]).await?;
-                let mut rows = tx
-                    .query_stream("SELECT generate_series(1, 1000000)", &[])
-                    .await?;
-                rows.try_next().await?;
-                drop(rows);
-                Ok(())
-            })
+        .transaction(|tx| async move {
+            tx.execute("INSERT INTO st_t VALUES (1)", &[]).await?;
+            let mut rows = tx
+                .query_stream("SELECT generate_series(1, 1000000)", &[])
+                .await?;
+            rows.try_next().await?;
+            drop(rows);
+            Ok(())
         })
         .await
         .unwrap_err();

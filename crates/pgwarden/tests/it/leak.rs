@@ -17,11 +17,9 @@ fn lines(log: &LogCapture, needle: &str) -> Vec<String> {
 }
 
 /// A transaction body that holds its connection for 500 ms.
-fn slow_body<'t>(tx: &'t pgwarden::Tx<'t>) -> pgwarden::manager::TxFuture<'t, u64> {
-    Box::pin(async move {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        tx.execute("SELECT 1", &[]).await
-    })
+async fn slow_body(tx: pgwarden::Tx) -> Result<u64, pgwarden::Error> {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tx.execute("SELECT 1", &[]).await
 }
 
 const LEAKED: &str = "possible connection leak";

@@ -24,3 +24,4 @@ mod proxy;
 mod regressions;
 mod session_attrs;
 mod tls;
+mod tx_options;

@@ -159,40 +159,34 @@ async fn transactions_commit_or_roll_back_as_a_whole() {
         .await
         .unwrap();
     let moved = m
-        .transaction(|tx| {
-            Box::pin(async move {
-                tx.execute("UPDATE acct SET bal = bal - 30 WHERE id = 1", &[])
-                    .await?;
-                tx.execute("UPDATE acct SET bal = bal + 30 WHERE id = 2", &[])
-                    .await
-            })
+        .transaction(|tx| async move {
+            tx.execute("UPDATE acct SET bal = bal - 30 WHERE id = 1", &[])
+                .await?;
+            tx.execute("UPDATE acct SET bal = bal + 30 WHERE id = 2", &[])
+                .await
         })
         .await
         .unwrap();
     assert_eq!(moved, 1);
     let err = m
-        .transaction(|tx| {
-            Box::pin(async move {
-                tx.execute("UPDATE acct SET bal = bal + 500 WHERE id = 2", &[])
-                    .await?;
-                tx.execute("UPDATE acct SET bal = bal - 500 WHERE id = 1", &[])
-                    .await
-            })
+        .transaction(|tx| async move {
+            tx.execute("UPDATE acct SET bal = bal + 500 WHERE id = 2", &[])
+                .await?;
+            tx.execute("UPDATE acct SET bal = bal - 500 WHERE id = 1", &[])
+                .await
         })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some("23514"));
     // A body that swallows a failed statement does not commit half of its work.
     let err = m
-        .transaction(|tx| {
-            Box::pin(async move {
-                tx.execute("UPDATE acct SET bal = bal + 1 WHERE id = 2", &[])
-                    .await?;
-                let _ = tx
-                    .execute("UPDATE acct SET bal = -1 WHERE id = 1", &[])
-                    .await;
-                Ok(())
-            })
+        .transaction(|tx| async move {
+            tx.execute("UPDATE acct SET bal = bal + 1 WHERE id = 2", &[])
+                .await?;
+            let _ = tx
+                .execute("UPDATE acct SET bal = -1 WHERE id = 1", &[])
+                .await;
+            Ok(())
         })
         .await
         .unwrap_err();
@@ -380,7 +374,7 @@ async fn serialization_failures_and_deadlocks_rerun_the_whole_body() {
             m.transaction(move |tx| {
                 let (barrier, runs, first) =
                     (Arc::clone(&barrier), Arc::clone(&runs), Arc::clone(&first));
-                Box::pin(async move {
+                async move {
                     runs.fetch_add(1, Ordering::SeqCst);
                     tx.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", &[])
                         .await?;
@@ -396,7 +390,7 @@ async fn serialization_failures_and_deadlocks_rerun_the_whole_body() {
                             .await?;
                     }
                     Ok(n)
-                })
+                }
             })
             .await
         })
@@ -432,7 +426,7 @@ async fn serialization_failures_and_deadlocks_rerun_the_whole_body() {
             m.transaction(move |tx| {
                 let (barrier, runs, first) =
                     (Arc::clone(&barrier), Arc::clone(&runs), Arc::clone(&first));
-                Box::pin(async move {
+                async move {
                     runs.fetch_add(1, Ordering::SeqCst);
                     tx.execute("UPDATE pair SET v = v + 1 WHERE id = $1", &[&first_id])
                         .await?;
@@ -441,7 +435,7 @@ async fn serialization_failures_and_deadlocks_rerun_the_whole_body() {
                     }
                     tx.execute("UPDATE pair SET v = v + 1 WHERE id = $1", &[&second_id])
                         .await
-                })
+                }
             })
             .await
         })
@@ -705,12 +699,10 @@ async fn cache_size_zero_uses_only_unnamed_statements_in_one_round_trip() {
         "one round trip per statement"
     );
     // Transactions too, and nothing named is ever left behind.
-    m.transaction(|tx| {
-        Box::pin(async move {
-            tx.execute("UPDATE typed SET b = b + $1", &[&1i64]).await?;
-            tx.query_one("SELECT count(*) FROM pg_prepared_statements", &[])
-                .await
-        })
+    m.transaction(|tx| async move {
+        tx.execute("UPDATE typed SET b = b + $1", &[&1i64]).await?;
+        tx.query_one("SELECT count(*) FROM pg_prepared_statements", &[])
+            .await
     })
     .await
     .map(|r| assert_eq!(r.get::<_, i64>(0), 0))

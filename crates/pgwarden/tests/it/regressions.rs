@@ -115,7 +115,7 @@ async fn regression_transaction_reports_ok_after_silent_rollback() {
         .unwrap();
     let r = m
         .transaction(|tx| {
-            Box::pin(async move {
+            async move {
                 tx.execute("INSERT INTO l VALUES (1)", &[]).await?;
                 // Abandoned after 100 ms; fails with 23505 at 500 ms, aborting the transaction.
                 let _ = tokio::time::timeout(
@@ -124,7 +124,7 @@ async fn regression_transaction_reports_ok_after_silent_rollback() {
                 )
                 .await;
                 Ok(())
-            })
+            }
         })
         .await;
     let n: i64 = m
@@ -148,9 +148,7 @@ async fn regression_transaction_statements_ignore_query_timeout() {
     let (m, _app) = manager(&server, &db, "rg-txto", test_opts(1, 0), mo);
     let t = Instant::now();
     let r = m
-        .transaction(|tx| {
-            Box::pin(async move { tx.query("SELECT pg_sleep(3)", &[]).await.map(|_| ()) })
-        })
+        .transaction(|tx| async move { tx.query("SELECT pg_sleep(3)", &[]).await.map(|_| ()) })
         .await;
     let took = t.elapsed();
     eprintln!("transaction with pg_sleep(3) under a 300 ms query timeout: {r:?} after {took:?}");
