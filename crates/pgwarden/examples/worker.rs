@@ -66,29 +66,27 @@ async fn run_once(
     to: i64,
     amount: i64,
 ) -> Result<Ran, Error> {
-    db.transaction(move |tx| {
-        Box::pin(async move {
-            let recorded = tx
-                .execute(
-                    "INSERT INTO worker_transfers VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
-                    &[&id, &from, &to, &amount],
-                )
-                .await?;
-            if recorded == 0 {
-                return Ok(Ran::AlreadyApplied);
-            }
-            tx.execute(
-                "UPDATE worker_accounts SET balance = balance - $2 WHERE id = $1",
-                &[&from, &amount],
+    db.transaction(move |tx| async move {
+        let recorded = tx
+            .execute(
+                "INSERT INTO worker_transfers VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+                &[&id, &from, &to, &amount],
             )
             .await?;
-            tx.execute(
-                "UPDATE worker_accounts SET balance = balance + $2 WHERE id = $1",
-                &[&to, &amount],
-            )
-            .await?;
-            Ok(Ran::Applied)
-        })
+        if recorded == 0 {
+            return Ok(Ran::AlreadyApplied);
+        }
+        tx.execute(
+            "UPDATE worker_accounts SET balance = balance - $2 WHERE id = $1",
+            &[&from, &amount],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE worker_accounts SET balance = balance + $2 WHERE id = $1",
+            &[&to, &amount],
+        )
+        .await?;
+        Ok(Ran::Applied)
     })
     .await
 }
