@@ -45,6 +45,7 @@ pub mod health;
 mod hooks;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod listen;
 pub mod manager;
 pub mod metrics;
 pub mod pool;
@@ -64,6 +65,8 @@ pub use hooks::{
     AfterConnect, AfterRelease, BeforeAcquire, CheckFuture, HookFuture, HookResult, Release,
     ReleaseFuture,
 };
+pub use listen::{Listener, ListenerEvent};
+pub use manager::{CopyInSink, CopyOutStream};
 pub use manager::{GenericClient, ManagerOptions, PoolManager, RowStream, Snapshot, Tx};
 pub use pool::{Connector, KillSwitch, Pool, PoolCounters, PoolOptions, PooledConnection, Status};
 pub use statements::CacheStats;

@@ -4,6 +4,7 @@
 
 mod call;
 mod client;
+mod copy;
 pub mod route;
 mod router;
 mod stats;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 pub use call::{Call, Exec, One, Op, Opt, Params, Rows};
 pub use client::GenericClient;
+pub use copy::{CopyInSink, CopyOutStream};
 pub use router::Router;
 pub use stream::RowStream;
 pub use transaction::{Tx, TxFuture};
