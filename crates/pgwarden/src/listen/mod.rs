@@ -318,7 +318,14 @@ impl Stream for Listener {
                             return Poll::Ready(Some(ListenerEvent::Lagged { missed }));
                         }
                     }
-                    Poll::Pending => return Poll::Pending,
+                    // Drained: report drops now rather than before some later notification.
+                    Poll::Pending => {
+                        let missed = gen.missed.swap(0, Relaxed);
+                        if missed > 0 {
+                            return Poll::Ready(Some(ListenerEvent::Lagged { missed }));
+                        }
+                        return Poll::Pending;
+                    }
                 }
             }
             match this.gens.poll_recv(cx) {
