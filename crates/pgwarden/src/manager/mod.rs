@@ -234,8 +234,11 @@ impl PoolManager {
         Call::new(self, sql, params)
     }
 
-    /// An exclusive connection for everything else (COPY, LISTEN, session settings …). Used
-    /// through its raw client it is reset (ROLLBACK) when it comes back.
+    /// An exclusive connection for everything else (session settings, advisory locks …). Used
+    /// through its raw client it is reset (ROLLBACK) when it comes back. For COPY use
+    /// [`PoolManager::copy_in`] / [`PoolManager::copy_out`] (bounded by the query timeout);
+    /// for LISTEN, [`PoolManager::listener`]: a pooled connection is not read between
+    /// statements, so its notifications are dropped.
     ///
     /// # Errors
     /// [`Error::Acquire`], as [`Pool::get`]. The connection comes from the pool the router
