@@ -370,6 +370,86 @@ mod tests {
         );
     }
 
+    fn note(payload: &str) -> Notification {
+        Notification {
+            channel: "c".into(),
+            payload: payload.into(),
+            process_id: 1,
+        }
+    }
+
+    fn generation(
+        notes: &[&str],
+        missed: u64,
+        event: Option<ListenerEvent>,
+    ) -> (Generation, mpsc::Sender<Notification>) {
+        let (tx, rx) = mpsc::channel(BUFFER);
+        for n in notes {
+            tx.try_send(note(n)).unwrap();
+        }
+        let gen = Generation {
+            notes: rx,
+            missed: Arc::new(AtomicU64::new(missed)),
+            event,
+        };
+        (gen, tx)
+    }
+
+    /// The old connection's notifications (and its drops) come before the reconnect event,
+    /// and the new connection's after it.
+    #[tokio::test]
+    async fn events_keep_their_order_across_a_reconnect() {
+        use futures_util::StreamExt;
+        let (old, old_tx) = generation(&["1", "2"], 3, None);
+        let reconnected = ListenerEvent::Reconnected {
+            gap: Duration::from_millis(5),
+            attempts: 1,
+            reason: "killed".into(),
+        };
+        let (new, new_tx) = generation(&["3"], 0, Some(reconnected.clone()));
+        let (gens_tx, gens) = mpsc::channel(4);
+        gens_tx.try_send(new).unwrap();
+        let task = tokio::spawn(std::future::pending::<()>());
+        let mut listener = Listener {
+            gens,
+            current: Some(old),
+            held: None,
+            shared: Arc::new(Shared {
+                state: tokio::sync::Mutex::new(State {
+                    channels: BTreeSet::new(),
+                    conn: None,
+                }),
+                pid: AtomicI32::new(0),
+                query_timeout: Duration::from_secs(1),
+            }),
+            task: task.abort_handle(),
+        };
+        let n = |p: &str| ListenerEvent::Notification(note(p));
+        assert_eq!(
+            listener.next().await,
+            Some(ListenerEvent::Lagged { missed: 3 })
+        );
+        assert_eq!(listener.next().await, Some(n("1")));
+        assert_eq!(listener.next().await, Some(n("2")));
+        // The old connection is still open: nothing more yet, and no reconnect.
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut listener).poll_next(&mut cx).is_pending());
+        drop(old_tx);
+        assert_eq!(listener.next().await, Some(reconnected));
+        assert_eq!(listener.next().await, Some(n("3")));
+        drop((new_tx, gens_tx));
+        assert_eq!(listener.next().await, None);
+    }
+
+    #[test]
+    fn listener_and_copy_handles_can_move_between_tasks() {
+        fn send<T: Send>() {}
+        send::<Listener>();
+        send::<crate::CopyInSink>();
+        send::<crate::CopyOutStream>();
+    }
+
     #[test]
     fn names_postgres_cannot_take_are_refused() {
         assert!(checked(String::new()).is_err());
