@@ -121,8 +121,9 @@ struct Generation {
 /// [`PoolManager::listener`].
 ///
 /// After the connection is lost it reconnects with backoff (100 ms doubling to 10 s, with
-/// jitter), re-`LISTEN`s on every channel and yields [`ListenerEvent::Reconnected`]. Dropping
-/// the listener closes its connection. A half-open connection (a host gone without closing
+/// jitter), re-`LISTEN`s on every channel and yields [`ListenerEvent::Reconnected`]; it keeps
+/// trying for as long as the listener lives. Dropping the listener closes its connection; it is
+/// independent of the pool ([`PoolManager::close`] does not close it). A half-open connection (a host gone without closing
 /// the socket) is noticed by TCP keepalive (about a minute).
 ///
 /// Channel names are taken literally, as `pg_notify`'s first argument (they are quoted as

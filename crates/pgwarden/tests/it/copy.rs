@@ -159,6 +159,9 @@ async fn copy_in_stalled_past_the_query_timeout_is_aborted_and_commits_nothing()
     assert_invariants(&server, m.pool(), &app).await;
 }
 
+/// A COPY that would run for hours.
+const ENDLESS: &str = "COPY (SELECT generate_series(1, 1000000000000)) TO STDOUT";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_copy_mid_way_never_returns_a_dirty_connection() {
     let (server, db) = shared_db();
@@ -167,14 +170,13 @@ async fn dropped_copy_mid_way_never_returns_a_dirty_connection() {
         .await
         .unwrap();
 
-    // COPY out: a huge result read one chunk, then dropped.
-    let mut out = m
-        .copy_out("COPY (SELECT generate_series(1, 50000000)) TO STDOUT")
-        .await
-        .unwrap();
+    // COPY out: a result that would run for hours, read one chunk, then dropped. Unless the
+    // pool cancels it, the next statement on the (only) connection waits behind it.
+    let mut out = m.copy_out(ENDLESS).await.unwrap();
     assert!(out.try_next().await.unwrap().is_some());
     drop(out);
-    let one: i32 = m.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    let next = tokio::time::timeout(Duration::from_secs(30), m.query_one("SELECT 1", &[]));
+    let one: i32 = next.await.expect("the COPY was cancelled").unwrap().get(0);
     assert_eq!(one, 1);
     no_copy_running(&server, &app).await;
 
@@ -190,10 +192,57 @@ async fn dropped_copy_mid_way_never_returns_a_dirty_connection() {
     assert_eq!(n, 0, "a COPY dropped before finish commits nothing");
 
     // A dropped COPY future (before the COPY started streaming) is as safe.
-    let start = m.copy_out("COPY (SELECT generate_series(1, 50000000)) TO STDOUT");
+    let start = m.copy_out(ENDLESS);
     let _ = tokio::time::timeout(Duration::from_micros(1), start).await;
-    let one: i32 = m.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    let next = tokio::time::timeout(Duration::from_secs(30), m.query_one("SELECT 1", &[]));
+    let one: i32 = next.await.expect("the COPY was cancelled").unwrap().get(0);
     assert_eq!(one, 1);
     no_copy_running(&server, &app).await;
+    assert_invariants(&server, m.pool(), &app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_in_whose_finish_outlasts_the_query_timeout_is_cancelled_and_commits_nothing() {
+    let (server, db) = shared_db();
+    let (m, app) = manager(&server, &db, "copy-finish", Duration::from_millis(700));
+    // Every row takes 100 ms on the server: 100 rows cannot finish within the timeout.
+    m.execute("CREATE TABLE slow_rows (id int8)", &[])
+        .await
+        .unwrap();
+    m.execute(
+        "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_sleep(0.1); RETURN NEW; END $$",
+        &[],
+    )
+    .await
+    .unwrap();
+    m.execute(
+        "CREATE TRIGGER slow BEFORE INSERT ON slow_rows FOR EACH ROW EXECUTE FUNCTION slow_row()",
+        &[],
+    )
+    .await
+    .unwrap();
+    let mut sink = m.copy_in("COPY slow_rows FROM STDIN").await.unwrap();
+    let data: String = (0..100).map(|i| format!("{i}\n")).collect();
+    sink.send(data).await.unwrap();
+    let err = sink.finish().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::QueryTimeout {
+                ended: true,
+                unknown: false,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    no_copy_running(&server, &app).await;
+    let n: i64 = m
+        .query_one("SELECT count(*) FROM slow_rows", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "a cancelled COPY commits nothing");
     assert_invariants(&server, m.pool(), &app).await;
 }
