@@ -20,6 +20,7 @@ use tokio_postgres::Statement;
 
 use crate::config::{SessionAttrs, SslMode};
 use crate::conn::{CancelTarget, PgConn};
+use crate::listen::Tap;
 use crate::pool::ConnectError;
 use crate::pool::{Connector, KillSwitch};
 use crate::statements::{CacheCounters, CacheStats, StatementCache};
@@ -300,18 +301,14 @@ impl PgConnector {
         &self,
         h: &HostTarget,
         need: SessionAttrs,
+        tap: Option<&Tap>,
     ) -> Result<PgConn, ConnectError> {
         let (client, connection) = h
             .config
             .connect(self.tls.clone())
             .await
             .map_err(|e| ConnectError::from_pg(&h.label, &e))?;
-        let label = h.label.clone();
-        let driver = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(target = %label, error = %e, "connection ended with an error");
-            }
-        });
+        let driver = tokio::spawn(drive(connection, h.label.clone(), tap.cloned()));
         if need.checks_role() {
             let role = async {
                 let row = client.query_one(probe::PROBE_SQL, &[]).await?;
@@ -354,10 +351,46 @@ impl PgConnector {
     }
 }
 
-impl Connector for PgConnector {
-    type Conn = PgConn;
+/// Drives one connection: its socket, and — for a listener's connection — the notifications
+/// the server sends between statements, which go to `tap` (tokio-postgres delivers them only
+/// through `poll_message`; awaiting the connection as a future drops them).
+async fn drive<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    label: String,
+    tap: Option<Tap>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let Some(tap) = tap else {
+        if let Err(e) = connection.await {
+            tracing::debug!(target = %label, error = %e, "connection ended with an error");
+        }
+        return;
+    };
+    let reason = loop {
+        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => tap.deliver(n),
+            // Notices (warnings the server sends outside a statement) carry nothing to act on.
+            Some(Ok(_)) => {}
+            Some(Err(e)) => break e.to_string(),
+            None => break String::from("the connection was closed"),
+        }
+    };
+    tracing::debug!(target = %label, reason = %reason, "listener connection ended");
+    // Dropped before the signal, so the client reads as closed when the listener wakes.
+    drop(connection);
+    tap.ended(reason);
+}
 
-    async fn connect(&self) -> Result<PgConn, ConnectError> {
+impl PgConnector {
+    /// A connection whose notifications go to `tap` (a listener's): the same hosts, TLS,
+    /// role check and connect hooks as the pool's connections, opened outside the pool.
+    pub(crate) async fn connect_tapped(&self, tap: &Tap) -> Result<PgConn, ConnectError> {
+        self.connect_with(Some(tap)).await
+    }
+
+    async fn connect_with(&self, tap: Option<&Tap>) -> Result<PgConn, ConnectError> {
         let mut last = None;
         let first = self.preferred.load(Ordering::Relaxed).min(self.hosts.len());
         let (tail, head) = self.hosts.split_at(first);
@@ -365,9 +398,11 @@ impl Connector for PgConnector {
         // was a standby.
         for &need in self.attrs.passes() {
             for h in head.iter().chain(tail) {
-                let attempt =
-                    tokio::time::timeout(self.opts.connect_timeout, self.connect_host(h, need))
-                        .await;
+                let attempt = tokio::time::timeout(
+                    self.opts.connect_timeout,
+                    self.connect_host(h, need, tap),
+                )
+                .await;
                 match attempt {
                     Ok(Ok(conn)) => {
                         // Checked once: a connector without hooks pays nothing more.
@@ -392,6 +427,14 @@ impl Connector for PgConnector {
             }
         }
         Err(last.unwrap_or_else(|| ConnectError::permanent("?", "no host to connect to")))
+    }
+}
+
+impl Connector for PgConnector {
+    type Conn = PgConn;
+
+    async fn connect(&self) -> Result<PgConn, ConnectError> {
+        self.connect_with(None).await
     }
 
     fn hosts(&self) -> u32 {

@@ -23,7 +23,8 @@ pub type HookFuture<'c> = Pin<Box<dyn Future<Output = HookResult> + Send + 'c>>;
 type AfterConnectFn = dyn for<'c> Fn(&'c PgConn) -> HookFuture<'c> + Send + Sync;
 
 /// Code run on every new connection before the pool hands it out (after
-/// [`ConnectOptions::init_sql`]): session settings, `LISTEN`, type registration … It runs
+/// [`ConnectOptions::init_sql`]): session settings, type registration … (not `LISTEN`: pooled
+/// connections drop notifications; see [`crate::PoolManager::listener`]). It runs
 /// within the connect timeout; an error, a panic or a hang there is a connect failure and the
 /// connection is closed. What it sets on the session stays (the pool's reset does not undo it,
 /// except `DISCARD ALL` after raw use). A transaction it leaves open is rolled back (when

@@ -46,6 +46,7 @@ pub mod health;
 mod hooks;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod listen;
 pub mod manager;
 pub mod metrics;
 pub mod pool;
@@ -65,6 +66,8 @@ pub use hooks::{
     AfterConnect, AfterRelease, BeforeAcquire, CheckFuture, HookFuture, HookResult, Release,
     ReleaseFuture,
 };
+pub use listen::{Listener, ListenerEvent};
+pub use manager::{CopyInSink, CopyOutStream};
 pub use manager::{
     GenericClient, IsolationLevel, ManagerOptions, PoolManager, RowStream, Savepoint, Snapshot, Tx,
     TxCall, TxOptions,

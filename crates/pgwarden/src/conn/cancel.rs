@@ -79,6 +79,7 @@ pub(super) const CANCEL_GRACE: Duration = Duration::from_secs(2);
 
 /// What a CancelRequest for one connection needs: its key, where to send it, and the TLS
 /// connector. Shared by the connection and its open transaction.
+#[derive(Clone)]
 pub(super) struct Canceller {
     pub(super) token: CancelToken,
     pub(super) target: CancelTarget,
@@ -139,5 +140,14 @@ impl PgConn {
     /// When the cancel connection cannot be made or the request not sent.
     pub async fn cancel_confirmed(&self) -> std::io::Result<()> {
         self.cancel.confirmed().await
+    }
+
+    /// [`PgConn::cancel_confirmed`] as a future that owns what it needs, for a stream that
+    /// must store it between polls.
+    pub(crate) fn cancel_confirmed_owned(
+        &self,
+    ) -> impl std::future::Future<Output = std::io::Result<()>> + Send + 'static {
+        let cancel = self.cancel.clone();
+        async move { cancel.confirmed().await }
     }
 }

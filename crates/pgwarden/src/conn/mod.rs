@@ -5,12 +5,14 @@
 //! One file per concern: [`sniff`] reads SQL text, [`cancel`] is the confirmed cancel,
 //! [`unnamed`] runs statements without naming them (cache off), [`cleanliness`] is the state
 //! that says whether the connection needs a reset, [`cache`] is the statement-cache glue,
-//! [`api`] the statement methods an application calls, and [`transaction`] the transactions.
+//! [`api`] the statement methods an application calls, [`transaction`] the transactions, and
+//! [`copy`] the start of `COPY` in and out.
 
 mod api;
 mod cache;
 mod cancel;
 mod cleanliness;
+mod copy;
 mod init;
 mod sniff;
 mod stream;

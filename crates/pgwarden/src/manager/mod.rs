@@ -4,6 +4,7 @@
 
 mod call;
 mod client;
+mod copy;
 pub mod route;
 mod router;
 mod stats;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 pub use call::{Call, Exec, One, Op, Opt, Params, Rows};
 pub use client::GenericClient;
+pub use copy::{CopyInSink, CopyOutStream};
 pub use router::Router;
 pub use stream::RowStream;
 pub use transaction::TxCall;
@@ -236,8 +238,11 @@ impl PoolManager {
         Call::new(self, sql, params)
     }
 
-    /// An exclusive connection for everything else (COPY, LISTEN, session settings …). Used
-    /// through its raw client it is reset (ROLLBACK) when it comes back.
+    /// An exclusive connection for everything else (session settings, advisory locks …). Used
+    /// through its raw client it is reset (ROLLBACK) when it comes back. For COPY use
+    /// [`PoolManager::copy_in`] / [`PoolManager::copy_out`] (bounded by the query timeout);
+    /// for LISTEN, [`PoolManager::listener`]: a pooled connection is not read between
+    /// statements, so its notifications are dropped.
     ///
     /// # Errors
     /// [`Error::Acquire`], as [`Pool::get`]. The connection comes from the pool the router
