@@ -16,6 +16,7 @@ mod http;
 mod leak;
 mod manager;
 mod metrics;
+mod pgbouncer;
 mod pool_basic;
 mod pool_clean;
 mod pool_faults;
