@@ -16,6 +16,9 @@ use tokio::time::Instant;
 
 use crate::common::*;
 
+#[path = "pgbouncer_limits.rs"]
+mod limits;
+
 /// PgBouncer (transaction mode, `pool_size` server connections) in front of the shared
 /// server, and a fresh database on it.
 fn bouncer(pool_size: u32) -> (Arc<PgBouncer>, String) {
