@@ -195,6 +195,21 @@ async fn every_manager_call_passes_through_pgbouncer_with_the_cache_off() {
         "{:?}",
         started.elapsed()
     );
+    // Cancelled on the server, not left running behind PgBouncer.
+    eventually(Duration::from_secs(3), "pg_sleep cancelled", || {
+        let (server, a) = (Arc::clone(b.server()), app.clone());
+        async move {
+            blocking(move || {
+                !server
+                    .sessions(&a)
+                    .unwrap()
+                    .iter()
+                    .any(|x| x.state == "active" && x.query.contains("pg_sleep"))
+            })
+            .await
+        }
+    })
+    .await;
 
     // Many clients over fewer server connections: unnamed statements never straddle two.
     let pids = Arc::new(Mutex::new(HashSet::new()));
@@ -245,6 +260,13 @@ async fn every_manager_call_passes_through_pgbouncer_with_the_cache_off() {
         .into_iter()
         .collect();
     assert!(seen.is_subset(&servers), "{seen:?} ⊄ {servers:?}");
+    // PgBouncer passes the pool's application_name on to the server connections it links.
+    let (server, a) = (Arc::clone(b.server()), app.clone());
+    let named = blocking(move || server.sessions(&a).unwrap()).await;
+    assert!(
+        !named.is_empty() && named.iter().all(|x| servers.contains(&x.pid)),
+        "{named:?}"
+    );
     assert!(servers.len() <= 3, "{servers:?}");
     assert_bouncer_invariants(&b, &m, &app, 3).await;
 }
