@@ -1,5 +1,6 @@
 //! `pgwarden check`: connect to every configured target through a pool and report its role
-//! (primary or standby), version, TLS and capacity, plus the failover target. Exit 0 when all
+//! (primary or standby), version, TLS and capacity, whether it behaves like a transaction-mode
+//! pooler (a warning with the statement cache on), plus the failover target. Exit 0 when all
 //! is well, 4 on a warning, 5 when a target is unreachable, refuses us or is in the wrong role.
 
 use std::time::{Duration, Instant};
@@ -9,6 +10,7 @@ use pgwarden::config::{Config, DbTarget};
 use pgwarden::{ManagerOptions, PgConnector, Pool, PoolManager, PoolOptions};
 use serde_json::{json, Value};
 
+use crate::check_pooler::{self, Pooler};
 use crate::fail::{self, Failure, Kind};
 use crate::throwaway;
 use crate::ui::Ui;
@@ -29,6 +31,7 @@ struct Probe {
     reserved: i32,
     tls: bool,
     standby: bool,
+    pooler: Pooler,
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord, Clone, Copy)]
@@ -114,6 +117,10 @@ async fn check(config: &Config, say: &impl Fn(&str), ui: &Ui) -> (Level, Value, 
             "DATABASE_URL points at a standby (read-only): every write would fail; point it at the primary"
                 .into(),
         );
+    }
+    if let Some(p) = pooler_line(&info, config, say) {
+        level = level.max(Level::Warning);
+        problems.push(p);
     }
     let wanted = throwaway::pools_on_primary(config);
     if let Some(p) = capacity(&info, wanted, "DB_POOL_MAX (or DB_FAILOVER_POOL_MAX)", say) {
@@ -215,6 +222,32 @@ fn print_probe(p: &Probe, say: &impl Fn(&str)) {
     say(&format!("            {}", p.version_full));
 }
 
+/// Says whether the target behaves like a transaction-mode pooler; a warning when it does and
+/// the statement cache is on.
+fn pooler_line(p: &Probe, config: &Config, say: &impl Fn(&str)) -> Option<String> {
+    let cache = config.query.statement_cache_size;
+    match p.pooler {
+        Pooler::None => {
+            say("pooler      none seen (one backend per connection)");
+            None
+        }
+        Pooler::Unknown => {
+            say("pooler      not checked (it needs two connections: DB_POOL_MAX is below 2)");
+            None
+        }
+        Pooler::Transaction if cache == 0 => {
+            say("pooler      transaction-mode pooler: the backend changes between transactions; statement cache off (DB_STATEMENT_CACHE_SIZE=0): fine");
+            None
+        }
+        Pooler::Transaction => {
+            say(&format!("pooler      transaction-mode pooler: the backend changes between transactions; statement cache ON (DB_STATEMENT_CACHE_SIZE={cache})"));
+            Some(format!(
+                "the target behaves like a transaction-mode pooler (PgBouncer or similar: the backend pid changed between two transactions on one connection) and the statement cache is on (DB_STATEMENT_CACHE_SIZE={cache}): a cached prepared statement can land on a server connection that lacks it (\"prepared statement ... does not exist\"); set DB_STATEMENT_CACHE_SIZE=0"
+            ))
+        }
+    }
+}
+
 /// A warning when the pools could exhaust the server's connections.
 fn capacity(p: &Probe, wanted: u32, knob: &str, say: &impl Fn(&str)) -> Option<String> {
     let available = i64::from(p.max_connections) - i64::from(p.reserved);
@@ -243,6 +276,11 @@ fn target_json(name: &str, target: &DbTarget, p: &Probe) -> Value {
         "tls": p.tls,
         "max_connections": p.max_connections,
         "superuser_reserved_connections": p.reserved,
+        "transaction_pooler": match p.pooler {
+            Pooler::Transaction => Value::Bool(true),
+            Pooler::None => Value::Bool(false),
+            Pooler::Unknown => Value::Null,
+        },
     })
 }
 
@@ -276,6 +314,7 @@ async fn probe(
         .await
         .map_err(|e| (Kind::Other, format!("the check query failed: {e}")))?;
     drop(conn);
+    let pooler = check_pooler::detect(&pool).await;
     let probe = Probe {
         connect_ms,
         version_full: row.get(0),
@@ -290,6 +329,7 @@ async fn probe(
         reserved: row.get(3),
         tls: row.get(4),
         standby: row.get(5),
+        pooler,
     };
     let manager = PoolManager::new(pool, ManagerOptions::from_config(config));
     let t = Instant::now();

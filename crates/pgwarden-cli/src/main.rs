@@ -11,6 +11,7 @@ use pgwarden::config::{Config, Profile};
 
 mod bench;
 mod check;
+mod check_pooler;
 mod config_cmd;
 mod fail;
 mod logs;

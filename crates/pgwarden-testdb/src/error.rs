@@ -17,6 +17,24 @@ pub enum HarnessError {
         detail: String,
     },
 
+    /// The `pgbouncer` program was not found.
+    #[error("{detail}PgBouncer not found. Install it with: apt-get install -y pgbouncer (as root; then stop the package's own instance: systemctl disable --now pgbouncer), or set PGWARDEN_PGBOUNCER to the pgbouncer program.")]
+    PgBouncerNotFound {
+        /// Extra context (e.g. the bad `PGWARDEN_PGBOUNCER` value), empty or ending in a space.
+        detail: String,
+    },
+
+    /// PgBouncer did not start.
+    #[error("PgBouncer did not start: {reason}. Last lines of its log {log_path}:\n{log_tail}")]
+    BouncerStartFailed {
+        /// What went wrong.
+        reason: String,
+        /// PgBouncer's log file.
+        log_path: PathBuf,
+        /// Its last lines.
+        log_tail: String,
+    },
+
     /// The process runs as root but the unprivileged server user does not exist.
     #[error("running as root, but the system user `{user}` to run PostgreSQL as does not exist; install the postgresql package (it creates the user) or run the tests as a normal user")]
     NoServerUser {

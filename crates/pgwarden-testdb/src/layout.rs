@@ -168,6 +168,7 @@ fn sweep() -> Result<(), HarnessError> {
             if stale {
                 tracing::info!("removing leftover test server {}", dir.display());
                 stop_leftover(&dir.join("data"));
+                stop_leftover_bouncer(&dir);
                 let _ = fs::remove_dir_all(&dir);
             }
         }
@@ -191,6 +192,21 @@ pub(crate) fn stop_leftover(data_dir: &Path) {
     if let Some(pid) = sys::read_postmaster_pid(data_dir) {
         if sys::comm(pid).as_deref() == Some("postgres") {
             sys::kill_postmaster(pid, Duration::from_secs(10));
+        }
+    }
+}
+
+/// Stops the PgBouncer of a harness folder if its pid file still names a pgbouncer process.
+pub(crate) fn stop_leftover_bouncer(dir: &Path) {
+    let pid = fs::read_to_string(dir.join("pgbouncer.pid"))
+        .ok()
+        .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok());
+    if let Some(pid) = pid {
+        if sys::comm(pid).as_deref() == Some("pgbouncer") {
+            sys::signal(pid, nix::sys::signal::Signal::SIGTERM);
+            if !sys::wait_until(Duration::from_secs(5), || !sys::pid_alive(pid)) {
+                sys::signal(pid, nix::sys::signal::Signal::SIGKILL);
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod bouncer;
 mod builder;
 mod error;
 mod faults;
@@ -14,6 +15,10 @@ mod template;
 mod tls;
 
 pub use admin::{quote_ident, quote_literal, Session, ADMIN_APPLICATION_NAME};
+pub use bouncer::{
+    find_pgbouncer, find_pgbouncer_from, PgBouncer, PgBouncerBuilder, DEFAULT_BOUNCER_POOL_SIZE,
+    PGBOUNCER_ENV,
+};
 pub use builder::{PgServerBuilder, DEFAULT_MAX_CONNECTIONS};
 pub use error::HarnessError;
 pub use layout::{temp_root, DEFAULT_MAX_SERVERS, DEFAULT_SLOT_WAIT, MAX_SERVERS_ENV};

@@ -109,6 +109,7 @@ impl Drop for DirGuard {
     fn drop(&mut self) {
         if let Some(dir) = self.dir.take() {
             layout::stop_leftover(&dir.join("data"));
+            layout::stop_leftover_bouncer(&dir);
             let _ = fs::remove_dir_all(&dir);
         }
         if let Some(mut child) = self.watchdog.take() {
@@ -173,7 +174,7 @@ host    replication     all         127.0.0.1/32    trust
 host    all             all         127.0.0.1/32    scram-sha-256
 ";
 
-/// Backstop: when the test process dies (even by SIGKILL), stop the server and remove its
+/// Backstop: when the test process dies (even by SIGKILL), stop the server (or PgBouncer) and remove its
 /// folder. Exits by itself once the folder is gone (normal drop). Arguments: pid, folder.
 const WATCHDOG: &str = r#"
 P=$1; D=$2
@@ -198,6 +199,13 @@ if [ -n "$pm" ] && alive "$pm"; then
   kill -QUIT "$pm" 2>/dev/null
   i=0; while alive "$pm" && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
   if alive "$pm"; then SIG=KILL; sig_children; kill -KILL "$pm" 2>/dev/null; fi
+fi
+# A PgBouncer folder: SIGTERM is PgBouncer's immediate shutdown.
+bp=$(head -n1 "$D/pgbouncer.pid" 2>/dev/null)
+if [ -n "$bp" ] && alive "$bp" && [ "$(cat /proc/$bp/comm 2>/dev/null)" = pgbouncer ]; then
+  kill -TERM "$bp" 2>/dev/null
+  i=0; while alive "$bp" && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+  alive "$bp" && kill -KILL "$bp" 2>/dev/null
 fi
 rm -rf "$D"
 "#;
@@ -256,14 +264,14 @@ impl DirGuardHandle {
         self.0.dir.as_deref().expect("armed")
     }
 
-    fn disarm(mut self) -> (PathBuf, Child) {
+    pub(crate) fn disarm(mut self) -> (PathBuf, Child) {
         let dir = self.0.dir.take().expect("armed");
         let child = self.0.watchdog.take().expect("watchdog spawned");
         (dir, child)
     }
 }
 
-fn free_port() -> Result<u16, HarnessError> {
+pub(crate) fn free_port() -> Result<u16, HarnessError> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .ctx(|| "binding 127.0.0.1:0 to pick a free port".to_string())?;
     Ok(listener
@@ -272,7 +280,7 @@ fn free_port() -> Result<u16, HarnessError> {
         .port())
 }
 
-fn write_owned(path: &Path, text: &str, user: &ServerUser) -> Result<(), HarnessError> {
+pub(crate) fn write_owned(path: &Path, text: &str, user: &ServerUser) -> Result<(), HarnessError> {
     fs::write(path, text).ctx(|| format!("writing {}", path.display()))?;
     user.chown(path)
 }

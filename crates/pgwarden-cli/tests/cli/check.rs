@@ -1,6 +1,6 @@
 //! `pgwarden check`: roles, capacity, and exit codes 0 / 4 / 5.
 
-use pgwarden_testdb::PgServer;
+use pgwarden_testdb::{PgBouncer, PgServer};
 
 use crate::common::{own_database, pgwarden, text, SECRET};
 
@@ -129,4 +129,43 @@ fn check_an_unreachable_server_is_critical_and_exits_5() {
     assert!(!out.contains("WARN"), "{out}");
     assert!(out.contains("run with -v to see them"), "{out}");
     assert!(!out.contains(SECRET), "{out}");
+}
+
+/// Behind PgBouncer in transaction mode the backend changes between transactions: with the
+/// statement cache on that is a warning (exit 4) naming the fix; with it off, fine. A server
+/// reached directly is no pooler.
+#[test]
+fn check_warns_when_a_transaction_pooler_meets_the_statement_cache() {
+    let (server, db, direct) = own_database();
+    let bouncer = PgBouncer::builder(server)
+        .pool_size(2)
+        .start()
+        .expect("PgBouncer (install it with: apt-get install -y pgbouncer)");
+    let url = bouncer.url(&db);
+    let o = pgwarden(&["check"], &[("DATABASE_URL", &url)]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(4), "{out}");
+    assert!(out.contains("pooler      transaction-mode pooler"), "{out}");
+    assert!(
+        out.contains("problem     the target behaves like a transaction-mode pooler"),
+        "{out}"
+    );
+    assert!(out.contains("set DB_STATEMENT_CACHE_SIZE=0"), "{out}");
+    assert!(out.contains("verdict     warning"), "{out}");
+
+    let o = pgwarden(
+        &["check", "--json"],
+        &[("DATABASE_URL", &url), ("DB_STATEMENT_CACHE_SIZE", "0")],
+    );
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON on stdout");
+    assert_eq!(doc["targets"][0]["transaction_pooler"], true, "{out}");
+    assert_eq!(doc["queries"]["ok"], 100, "{out}");
+
+    let o = pgwarden(&["check", "--json"], &[("DATABASE_URL", &direct)]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON on stdout");
+    assert_eq!(doc["targets"][0]["transaction_pooler"], false, "{out}");
 }

@@ -20,16 +20,21 @@ pub(crate) enum CancelTarget {
     Unix { path: std::path::PathBuf },
 }
 
-/// A stream whose shutdown also waits for the peer to close: used for CancelRequests, so that
-/// "sent" means "the server has acted on it".
+/// A stream whose shutdown waits for the peer to close first: used for CancelRequests, so that
+/// "sent" means "the server has acted on it". It never half-closes before that: PgBouncer drops
+/// a cancel request whose client has closed its side before the request was forwarded (which
+/// tokio-postgres's own `cancel_query`, writing then shutting down, always does).
 struct UntilEof<S> {
     inner: S,
-    shut: bool,
+    peer_closed: bool,
 }
 
 impl<S> UntilEof<S> {
     fn new(inner: S) -> Self {
-        Self { inner, shut: false }
+        Self {
+            inner,
+            peer_closed: false,
+        }
     }
 }
 
@@ -57,20 +62,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for UntilEof<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        if !self.shut {
-            std::task::ready!(Pin::new(&mut self.inner).poll_shutdown(cx))?;
-            self.shut = true;
-        }
         let mut scratch = [0u8; 256];
-        loop {
+        while !self.peer_closed {
             let mut rb = ReadBuf::new(&mut scratch);
             match std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, &mut rb)) {
-                Ok(()) if rb.filled().is_empty() => return Poll::Ready(Ok(())),
+                Ok(()) if rb.filled().is_empty() => self.peer_closed = true,
                 Ok(()) => {}
                 // A reset after the server closed is as good as a close.
-                Err(_) => return Poll::Ready(Ok(())),
+                Err(_) => self.peer_closed = true,
             }
         }
+        // The peer is gone: our side's close can only fail harmlessly.
+        let _ = std::task::ready!(Pin::new(&mut self.inner).poll_shutdown(cx));
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -115,13 +119,14 @@ impl PgConn {
     /// Cancels the running statement and closes the socket, even while someone holds the
     /// connection.
     pub(crate) fn kill_switch(&self) -> KillSwitch {
-        let cancel = self.cancel.token.clone();
+        let cancel = self.cancel.clone();
         let driver = self.driver.clone();
-        let tls = self.cancel.tls.clone();
         KillSwitch::new(move || match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(async move {
-                    let _ = tokio::time::timeout(CANCEL_GRACE, cancel.cancel_query(tls)).await;
+                    // Confirmed, not tokio-postgres's plain cancel: that one half-closes at
+                    // once, and PgBouncer then drops the request.
+                    let _ = tokio::time::timeout(CANCEL_GRACE, cancel.confirmed()).await;
                     driver.abort();
                 });
             }

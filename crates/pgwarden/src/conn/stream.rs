@@ -15,9 +15,23 @@ impl PgConn {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<tokio_postgres::RowStream, tokio_postgres::Error> {
-        self.mark_if_transaction_control(sql);
         self.executing
             .store(false, std::sync::atomic::Ordering::Relaxed);
+        if let Some((text, typed)) = self.unnamed(sql, params) {
+            // Cache off: one self-contained batch of the unnamed statement, as for the other
+            // calls — a named statement prepared in one round trip and bound in the next can
+            // land on two server connections behind a transaction-mode pooler.
+            let guard = InFlight::start(&self.in_flight);
+            return match self.client.query_typed_raw(text, typed).await {
+                // Cancellation safety: as below.
+                Ok(rows) => Ok(rows),
+                Err(e) => {
+                    guard.done();
+                    Err(e)
+                }
+            };
+        }
+        self.mark_if_transaction_control(sql);
         let stmt = if self.cache().enabled() {
             self.prepare_cached(sql).await?
         } else {

@@ -19,6 +19,7 @@ mod leak;
 mod listen;
 mod manager;
 mod metrics;
+mod pgbouncer;
 mod pool_basic;
 mod pool_clean;
 mod pool_faults;
