@@ -157,18 +157,16 @@ async fn every_manager_call_passes_through_pgbouncer_with_the_cache_off() {
     assert_eq!(add_and_count(&conn, 2).await.unwrap(), (2, Some(2), 2));
     drop(conn);
     let out = m
-        .transaction(|tx| Box::pin(async move { add_and_count(tx, 3).await }))
+        .transaction(|tx| async move { add_and_count(&tx, 3).await })
         .await
         .unwrap();
     assert_eq!(out, (3, Some(3), 3));
     // A failed transaction leaves nothing behind, though its statements ran on a server
     // connection that other clients use next.
     let err = m
-        .transaction(|tx| {
-            Box::pin(async move {
-                add_and_count(tx, 4).await?;
-                tx.execute("SELECT 1/0", &[]).await
-            })
+        .transaction(|tx| async move {
+            add_and_count(&tx, 4).await?;
+            tx.execute("SELECT 1/0", &[]).await
         })
         .await
         .unwrap_err();

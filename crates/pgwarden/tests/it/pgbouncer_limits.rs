@@ -36,7 +36,7 @@ async fn the_statement_cache_left_on_fails_with_26000_behind_pgbouncer() {
     assert_eq!(m.metrics().statement_cache.misses, 1);
     other.batch_execute("COMMIT").await.unwrap();
     let err = m
-        .transaction(|tx| Box::pin(async move { tx.query_one(sql, &[&1i32]).await }))
+        .transaction(|tx| async move { tx.query_one(sql, &[&1i32]).await })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some("26000"), "{err}");
@@ -71,12 +71,10 @@ async fn session_state_leaks_between_clients_behind_pgbouncer() {
     let seen: String = m.query_one(read, &[]).await.unwrap().get(0);
     assert_eq!(seen, "acme", "the SET outlives both checkouts");
     let local: String = m
-        .transaction(|tx| {
-            Box::pin(async move {
-                tx.execute("SET LOCAL pgwarden_test.tenant = 'local'", &[])
-                    .await?;
-                Ok(tx.query_one(read, &[]).await?.get(0))
-            })
+        .transaction(|tx| async move {
+            tx.execute("SET LOCAL pgwarden_test.tenant = 'local'", &[])
+                .await?;
+            Ok(tx.query_one(read, &[]).await?.get(0))
         })
         .await
         .unwrap();
