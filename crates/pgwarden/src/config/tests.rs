@@ -420,6 +420,27 @@ fn failover_url_without_failover_is_a_warning() {
 }
 
 #[test]
+fn read_max_lag_without_read_url_is_a_warning() {
+    let c = load(&[("DB_READ_MAX_LAG", "1MB")]);
+    assert_eq!(c.warnings().len(), 1, "{:?}", c.warnings());
+    assert!(
+        c.warnings()[0].contains("DB_READ_URL"),
+        "{:?}",
+        c.warnings()
+    );
+    assert!(load(&[
+        ("DB_READ_MAX_LAG", "1MB"),
+        ("DB_READ_URL", "postgres://u@standby/db")
+    ])
+    .warnings()
+    .is_empty());
+    assert!(
+        load(&[]).warnings().is_empty(),
+        "the profile's default alone"
+    );
+}
+
+#[test]
 fn root_cert_from_url_wins_over_env() {
     let c = load(&[
         (

@@ -65,6 +65,9 @@ pub(crate) fn render(s: &Snapshot) -> String {
         if slow == 1 { "query" } else { "queries" },
         if s.failover.active { "ACTIVE" } else { "INACTIVE" },
     );
+    if let Some(line) = super::read::status_line(&s.read) {
+        let _ = write!(out, "\n{line}");
+    }
     out
 }
 
