@@ -126,7 +126,13 @@ async fn reads_go_to_the_standby_and_fall_back_to_the_primary_when_it_stops() {
     assert!(m.read.enabled && m.read.serving, "{:?}", m.read);
     assert_eq!((m.read.routed, m.read.fallbacks), (6, 0), "{:?}", m.read);
     assert!(m.read.lag_bytes.is_some(), "{:?}", m.read);
-    assert!(m.pools.contains_key("read"), "the read pool's own row");
+    let row = &m.pools["read"];
+    assert!(!row.serves_checkouts, "reads only: not graded capacity");
+    assert_eq!(row.acquire_wait_ms.count, 6, "the read pool's own acquires");
+    assert_eq!(
+        m.pools["primary"].acquire_wait_ms.count, 2,
+        "the two unmarked calls"
+    );
     assert!(
         db.status().contains("   Reads: STANDBY (lag "),
         "{}",
