@@ -159,3 +159,17 @@ impl PoolManager {
         Ok(m)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_read_pool_is_a_quarter_of_the_primary_at_least_two_never_more() {
+        for (pool_max, read_max) in [(100, 25), (20, 5), (8, 2), (3, 2), (2, 2), (1, 1), (0, 0)] {
+            assert_eq!(
+                super::read_pool_max(pool_max),
+                read_max,
+                "DB_POOL_MAX={pool_max}"
+            );
+        }
+    }
+}
