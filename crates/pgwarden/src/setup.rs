@@ -3,7 +3,7 @@
 use crate::config::{Config, ConfigError, DbTarget, PoolConfig, Problem};
 use crate::connect::{ConnectOptions, PgConnector};
 use crate::error::BuildError;
-use crate::manager::{FailoverOptions, ManagerOptions, PoolManager};
+use crate::manager::{FailoverOptions, ManagerOptions, PoolManager, ReadOptions};
 use crate::pool::{Pool, PoolOptions};
 use crate::tls::TlsError;
 
@@ -71,6 +71,12 @@ impl PgConnector {
     }
 }
 
+/// The read pool's size: a quarter of `DB_POOL_MAX`, at least 2 (but never above it). Reads
+/// that find it full while the primary has room go to the primary.
+pub(crate) fn read_pool_max(pool_max: u32) -> u32 {
+    (pool_max / 4).max(2).min(pool_max)
+}
+
 impl PoolManager {
     /// Loads the configuration from the environment (profile + `DB_*` overrides), validates
     /// it, builds the pool and prewarms `DB_POOL_MIN` connections.
@@ -84,8 +90,9 @@ impl PoolManager {
     }
 
     /// Builds the pools from a loaded configuration (the failover pool with
-    /// `DB_ENABLE_FAILOVER`), prewarms the primary, probes every target's role and starts the
-    /// periodic probe (`DB_HEALTH_CHECK_INTERVAL`). A failover target that cannot be reached
+    /// `DB_ENABLE_FAILOVER`, the read pool with `DB_READ_URL`), prewarms the primary, probes
+    /// every target's role and the read target's lag, and starts the periodic probe
+    /// (`DB_HEALTH_CHECK_INTERVAL`). A failover target that cannot be reached
     /// does not stop the manager: it is marked down, warned about once and probed again.
     ///
     /// # Errors
@@ -128,9 +135,41 @@ impl PoolManager {
             }
             _ => None,
         };
+        let read = match &config.read_url {
+            Some(read_target) => {
+                let connector =
+                    PgConnector::for_target(read_target, config).map_err(BuildError::Tls)?;
+                let mut opts = PoolOptions::from_config(&config.pool, "read");
+                opts.max_size = read_pool_max(config.pool.max_size);
+                // Opened on demand: the lag probe opens the first one at start-up.
+                opts.min_idle = 0;
+                Some(ReadOptions::new(
+                    Pool::new(connector, opts),
+                    config.read.max_lag_bytes,
+                ))
+            }
+            None => None,
+        };
         pool.prewarm().await.map_err(BuildError::Prewarm)?;
-        let m = PoolManager::with_failover(pool, failover, ManagerOptions::from_config(config));
+        let m = PoolManager::with_pools(pool, failover, read, ManagerOptions::from_config(config));
         m.router().refresh_topology().await;
+        // Before the first read: a standby whose lag is unknown serves none. A read target
+        // that is down or not a standby is warned about here, not refused: roles change.
+        m.router().refresh_read().await;
         Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_read_pool_is_a_quarter_of_the_primary_at_least_two_never_more() {
+        for (pool_max, read_max) in [(100, 25), (20, 5), (8, 2), (3, 2), (2, 2), (1, 1), (0, 0)] {
+            assert_eq!(
+                super::read_pool_max(pool_max),
+                read_max,
+                "DB_POOL_MAX={pool_max}"
+            );
+        }
     }
 }

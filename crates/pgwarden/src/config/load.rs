@@ -363,6 +363,11 @@ pub(crate) fn load(
             cfg.failover.enabled
         ));
     }
+    if cfg.read_url.is_none() && matches!(cfg.source_of("DB_READ_MAX_LAG"), Source::Env(_)) {
+        warnings.push(
+            "DB_READ_MAX_LAG is set but DB_READ_URL is not: there is no standby to route reads to; set DB_READ_URL to a standby to use it".into(),
+        );
+    }
     cfg.warnings = warnings;
 
     let failed: Vec<String> = l.problems.iter().map(|p| p.variable.clone()).collect();

@@ -46,6 +46,7 @@ use std::path::Path;
 
 pub use effective::{Setting, Source};
 pub use error::{ConfigError, Problem};
+pub(crate) use parse::format_bytes;
 pub use profile::*;
 pub use session_attrs::{SessionAttrs, UnknownSessionAttrs};
 pub use target::{DbTarget, TargetError};
@@ -53,8 +54,8 @@ pub use tls::{Secret, SslMode};
 
 /// Settings that are parsed and validated but have no effect yet. `PoolManager::from_config`
 /// warns when the user sets one. A setting added ahead of its feature goes here until the
-/// feature lands: read routing's two, for now.
-pub(crate) const NOT_YET_EFFECTIVE: &[&str] = &["DB_READ_URL", "DB_READ_MAX_LAG"];
+/// feature lands: none today.
+pub(crate) const NOT_YET_EFFECTIVE: &[&str] = &[];
 
 /// The whole pgwarden configuration. Build it with [`Config::from_env`],
 /// [`Config::from_vars`] or [`Config::for_profile`]; check code-made changes with
@@ -73,8 +74,8 @@ pub struct Config {
     /// `DB_FAILOVER_URL`: the failover pool's target; `None` uses the primary's target.
     /// Default: none (the primary's target) in every profile.
     pub failover_url: Option<DbTarget>,
-    /// `DB_READ_URL`: the standby for `.read_only()` calls (which fall back to the primary).
-    /// Parsed and validated; read routing itself is not built yet. Default: none.
+    /// `DB_READ_URL`: the standby for `.read_only()` calls (which fall back to the primary
+    /// while it is down, not a standby, or lags more than `DB_READ_MAX_LAG`). Default: none.
     pub read_url: Option<DbTarget>,
     /// Read routing's lag limit. Default: [`ReadConfig::for_profile`].
     pub read: ReadConfig,

@@ -420,6 +420,50 @@ fn failover_url_without_failover_is_a_warning() {
 }
 
 #[test]
+fn read_routing_settings_in_every_profile() {
+    for profile in ["development", "staging", "production"] {
+        assert_eq!(
+            load(&[("DB_PROFILE", profile)]).read.max_lag_bytes,
+            16 << 20
+        );
+        let c = load(&[
+            ("DB_PROFILE", profile),
+            ("DB_READ_URL", "postgres://u:pw-read@replica/db"),
+            ("DB_READ_MAX_LAG", "1kB"),
+        ]);
+        assert_eq!(c.read.max_lag_bytes, 1024, "{profile}");
+        let shown = c.render("DB_READ_URL");
+        assert!(
+            shown.contains("replica") && !shown.contains("pw-read"),
+            "{shown}"
+        );
+        assert!(!format!("{c:?}").contains("pw-read"), "{profile}: Debug");
+        assert!(c.set_but_not_yet_effective().is_empty(), "{profile}");
+    }
+}
+
+#[test]
+fn read_max_lag_without_read_url_is_a_warning() {
+    let c = load(&[("DB_READ_MAX_LAG", "1MB")]);
+    assert_eq!(c.warnings().len(), 1, "{:?}", c.warnings());
+    assert!(
+        c.warnings()[0].contains("DB_READ_URL"),
+        "{:?}",
+        c.warnings()
+    );
+    assert!(load(&[
+        ("DB_READ_MAX_LAG", "1MB"),
+        ("DB_READ_URL", "postgres://u@standby/db")
+    ])
+    .warnings()
+    .is_empty());
+    assert!(
+        load(&[]).warnings().is_empty(),
+        "the profile's default alone"
+    );
+}
+
+#[test]
 fn root_cert_from_url_wins_over_env() {
     let c = load(&[
         (

@@ -65,26 +65,9 @@ impl PgConnector {
         config: &tokio_postgres::Config,
         timeout: Duration,
     ) -> Result<Role, String> {
-        let mut c = config.clone();
-        // The probe must reach a read-only host too, to learn that it is one.
-        c.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::Any);
-        c.connect_timeout(timeout);
-        // Told apart from the pool's own sessions in pg_stat_activity.
-        let name = format!(
-            "{} (role probe)",
-            config.get_application_name().unwrap_or("pgwarden")
-        );
-        c.application_name(&name);
-        let (client, connection) = c
-            .connect(self.tls.clone())
-            .await
-            .map_err(|e| e.to_string())?;
-        let driver = tokio::spawn(connection);
-        let row = client.query_one(PROBE_SQL, &[]).await;
-        drop(client);
-        // The connection ends once the client is gone; abort in case the server stalls.
-        driver.abort();
-        let row = row.map_err(|e| e.to_string())?;
+        let row = self
+            .probe_query(config, timeout, "role probe", PROBE_SQL)
+            .await?;
         let in_recovery: bool = row.try_get(0).map_err(|e| e.to_string())?;
         let read_only: String = row.try_get(1).map_err(|e| e.to_string())?;
         Ok(if in_recovery {
@@ -94,5 +77,53 @@ impl PgConnector {
         } else {
             Role::ReadWrite
         })
+    }
+
+    /// The current WAL position (`pg_current_wal_lsn()`, as text) of the host connections go
+    /// to first (the read-write one, once the role probe found it), on a fresh connection,
+    /// under `timeout`. An error on a standby (recovery is in progress) or an unreachable host.
+    pub(crate) async fn current_wal_lsn(&self, timeout: Duration) -> Result<String, String> {
+        let first = self.preferred.load(std::sync::atomic::Ordering::Relaxed);
+        let Some(h) = self.hosts.get(first).or(self.hosts.first()) else {
+            return Err("no host".into());
+        };
+        let sql = "SELECT pg_current_wal_lsn()::text";
+        let row = tokio::time::timeout(
+            timeout,
+            self.probe_query(&h.config, timeout, "lag probe", sql),
+        )
+        .await
+        .map_err(|_| format!("no answer within {}ms", timeout.as_millis()))??;
+        row.try_get(0).map_err(|e| e.to_string())
+    }
+
+    /// One statement on a fresh connection to one host, told apart from the pool's own
+    /// sessions in pg_stat_activity by `what` in its application_name.
+    async fn probe_query(
+        &self,
+        config: &tokio_postgres::Config,
+        timeout: Duration,
+        what: &str,
+        sql: &str,
+    ) -> Result<tokio_postgres::Row, String> {
+        let mut c = config.clone();
+        // The probe must reach a read-only host too, to learn that it is one.
+        c.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::Any);
+        c.connect_timeout(timeout);
+        let name = format!(
+            "{} ({what})",
+            config.get_application_name().unwrap_or("pgwarden")
+        );
+        c.application_name(&name);
+        let (client, connection) = c
+            .connect(self.tls.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let driver = tokio::spawn(connection);
+        let row = client.query_one(sql, &[]).await;
+        drop(client);
+        // The connection ends once the client is gone; abort in case the server stalls.
+        driver.abort();
+        row.map_err(|e| e.to_string())
     }
 }

@@ -77,8 +77,10 @@ pub(crate) const DEGRADED_PERIOD: Duration = Duration::from_millis(250);
 pub(crate) async fn tick(db: &PoolManager) -> HealthCheck {
     // Role probe first, so this tick's pings and status block see the roles just probed (the
     // probe bounds itself per host). Anything else that must run once per interval per
-    // target (replica lag for DB_READ_MAX_LAG) goes here too.
+    // target goes here too: the read target's lag (DB_READ_MAX_LAG), measured against the
+    // primary's WAL position.
     db.router().refresh_topology().await;
+    db.router().refresh_read().await;
 
     let pings =
         futures_util::future::join_all(db.health_targets().into_iter().map(|(name, pool)| {

@@ -5,6 +5,7 @@
 mod call;
 mod client;
 mod copy;
+mod read;
 pub mod route;
 mod router;
 mod stats;
@@ -122,6 +123,26 @@ impl FailoverOptions {
     }
 }
 
+/// Read routing: the read pool on `DB_READ_URL` and its lag limit.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ReadOptions {
+    /// The read pool (a standby's target).
+    pub pool: Pool<PgConnector>,
+    /// `DB_READ_MAX_LAG` in bytes of WAL; 0 = no limit.
+    pub max_lag_bytes: u64,
+}
+
+impl ReadOptions {
+    /// Reads on `pool` while its standby is at most `max_lag_bytes` behind (0 = no limit).
+    pub fn new(pool: Pool<PgConnector>, max_lag_bytes: u64) -> Self {
+        Self {
+            pool,
+            max_lag_bytes,
+        }
+    }
+}
+
 /// A manager that does not keep it alive (for background tasks).
 #[derive(Clone)]
 pub(crate) struct WeakManager(Weak<Shared>);
@@ -167,6 +188,21 @@ impl PoolManager {
         failover: Option<FailoverOptions>,
         opts: ManagerOptions,
     ) -> Self {
+        Self::with_pools(primary, failover, None, opts)
+    }
+
+    /// As [`PoolManager::with_failover`], with a read pool for `.read_only()` calls when
+    /// given. Call [`Router::refresh_read`] once at start-up: until its standby's lag is
+    /// measured, reads go to the primary.
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime with a health-check interval.
+    pub fn with_pools(
+        primary: Pool<PgConnector>,
+        failover: Option<FailoverOptions>,
+        read: Option<ReadOptions>,
+        opts: ManagerOptions,
+    ) -> Self {
         let probe_timeout = primary
             .options()
             .connect_timeout
@@ -175,14 +211,19 @@ impl PoolManager {
             Some(f) => (Some(f.pool), f.same_target, f.threshold_pct),
             None => (None, false, 100),
         };
-        let pools = if failover.is_some() { 2 } else { 1 };
-        let router = Arc::new(Router::new(
-            primary,
-            failover,
-            same,
-            threshold,
-            probe_timeout,
-        ));
+        // Acquire waits are recorded by `PoolId::index`: primary 0, failover 1, read 2.
+        let pools = if read.is_some() {
+            3
+        } else if failover.is_some() {
+            2
+        } else {
+            1
+        };
+        let mut router = Router::new(primary, failover, same, threshold, probe_timeout);
+        if let Some(r) = read {
+            router = router.with_read_pool(r.pool, r.max_lag_bytes);
+        }
+        let router = Arc::new(router);
         let interval = opts.health_check_interval;
         let db = Self {
             inner: Arc::new(Shared {
@@ -281,6 +322,11 @@ impl PoolManager {
         self.inner.router.failover()
     }
 
+    /// The read pool, when `DB_READ_URL` is set.
+    pub fn read_pool(&self) -> Option<&Pool<PgConnector>> {
+        self.inner.router.read_pool()
+    }
+
     /// The router: topology, the role probe ([`Router::refresh_topology`]) and the overflow
     /// switch.
     pub fn router(&self) -> &Router {
@@ -321,11 +367,18 @@ impl PoolManager {
             h.abort();
         }
         let router = &self.inner.router;
+        let read = async {
+            if let Some(r) = router.read_pool() {
+                r.close(grace).await;
+            }
+        };
         match router.failover() {
             Some(f) => {
-                tokio::join!(router.primary().close(grace), f.close(grace));
+                tokio::join!(router.primary().close(grace), f.close(grace), read);
             }
-            None => router.primary().close(grace).await,
+            None => {
+                tokio::join!(router.primary().close(grace), read);
+            }
         }
     }
 
@@ -353,21 +406,35 @@ impl PoolManager {
         if let Some(f) = router.failover() {
             pools.push(input(f));
         }
+        if let Some(r) = router.read_pool() {
+            // Reads only, and they fall back to the primary: not checkout capacity.
+            pools.push(PoolInput {
+                serves_checkouts: false,
+                ..input(r)
+            });
+        }
         let now = tokio::time::Instant::now();
         let rec = &self.inner.stats.recorder;
         rec.sample_utilization(now, crate::metrics::checkout_utilization_pct(&pools));
-        (pools, rec.figures(now))
+        let mut fig = rec.figures(now);
+        if router.read_pool().is_some() && router.failover().is_none() {
+            // The read pool's waits sit at index 2: line them up with `pools`.
+            fig.waits.remove(1);
+        }
+        (pools, fig)
     }
 
     /// The metrics at this moment (see [`Snapshot`]; serialize it for dashboards).
     pub fn metrics(&self) -> Snapshot {
         let (pools, fig) = self.inputs();
-        crate::metrics::build(
+        let mut s = crate::metrics::build(
             &pools,
             &fig,
             self.failover_snapshot(),
             &self.inner.opts.health_thresholds,
-        )
+        );
+        s.read = self.inner.router.read_stats();
+        s
     }
 
     /// The status block:
@@ -390,12 +457,13 @@ impl PoolManager {
     /// [`crate::metrics::PROMETHEUS_CONTENT_TYPE`]), names as in DESIGN.md.
     pub fn prometheus(&self) -> String {
         let (pools, fig) = self.inputs();
-        let snapshot = crate::metrics::build(
+        let mut snapshot = crate::metrics::build(
             &pools,
             &fig,
             self.failover_snapshot(),
             &self.inner.opts.health_thresholds,
         );
+        snapshot.read = self.inner.router.read_stats();
         let names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
         crate::metrics::prometheus_text(&snapshot, &fig, &names)
     }

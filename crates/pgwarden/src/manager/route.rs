@@ -16,14 +16,17 @@ pub enum PoolId {
     Primary,
     /// The failover pool (`DB_FAILOVER_URL` or the primary's target, `DB_FAILOVER_POOL_MAX`).
     Failover,
+    /// The read pool (`DB_READ_URL`): `.read_only()` calls only, see [`route_read`].
+    Read,
 }
 
 impl PoolId {
-    /// Its index in the metrics' per-pool figures (primary 0, failover 1).
+    /// Its index in the metrics' per-pool figures (primary 0, failover 1, read 2).
     pub(crate) fn index(self) -> usize {
         match self {
             PoolId::Primary => 0,
             PoolId::Failover => 1,
+            PoolId::Read => 2,
         }
     }
 
@@ -32,13 +35,14 @@ impl PoolId {
         match self {
             PoolId::Primary => "primary",
             PoolId::Failover => "failover",
+            PoolId::Read => "read",
         }
     }
 
     fn other(self) -> PoolId {
         match self {
             PoolId::Primary => PoolId::Failover,
-            PoolId::Failover => PoolId::Primary,
+            PoolId::Failover | PoolId::Read => PoolId::Primary,
         }
     }
 }
@@ -137,8 +141,8 @@ pub fn route(i: &RouteInput) -> PoolId {
         _ => PoolId::Failover,
     };
     let view = |id| match id {
-        PoolId::Primary => p,
         PoolId::Failover => failover,
+        PoolId::Primary | PoolId::Read => p,
     };
     let (pref, other) = (view(preferred), view(preferred.other()));
     let other_ok = other.serves(i.marking);
@@ -155,6 +159,94 @@ pub fn route(i: &RouteInput) -> PoolId {
         return preferred.other();
     }
     preferred
+}
+
+/// Why a `.read_only()` checkout went to the primary instead of the read pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReadFallback {
+    /// The standby did not answer its last probe, or a connect to it failed.
+    Down,
+    /// Its lag is not known yet (start-up): a standby is never used blindly.
+    Unmeasured,
+    /// It is not in recovery: not a standby (any more).
+    NotStandby,
+    /// Its last measured lag is over `DB_READ_MAX_LAG`.
+    Lagging,
+    /// The read pool is full and the primary has room.
+    Busy,
+    /// A retry: later attempts of a read run where writes do.
+    Retry,
+}
+
+impl ReadFallback {
+    /// How many reasons there are.
+    pub const COUNT: usize = 6;
+    /// Every reason, in [`ReadFallback::index`] order.
+    pub const ALL: [ReadFallback; Self::COUNT] = [
+        ReadFallback::Down,
+        ReadFallback::Unmeasured,
+        ReadFallback::NotStandby,
+        ReadFallback::Lagging,
+        ReadFallback::Busy,
+        ReadFallback::Retry,
+    ];
+
+    /// Its index in [`ReadFallback::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Its name in metrics (`snake_case`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadFallback::Down => "down",
+            ReadFallback::Unmeasured => "unmeasured",
+            ReadFallback::NotStandby => "not_standby",
+            ReadFallback::Lagging => "lagging",
+            ReadFallback::Busy => "busy",
+            ReadFallback::Retry => "retry",
+        }
+    }
+}
+
+/// What the router knows about the read pool's standby when it decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadView {
+    /// The read pool; `up` is its standby's last probe or connect.
+    pub pool: PoolView,
+    /// The last probe's `pg_is_in_recovery()`; `None` before the first answer.
+    pub in_recovery: Option<bool>,
+    /// The last measured lag in bytes of WAL; `None` when not measured yet.
+    pub lag_bytes: Option<u64>,
+    /// `DB_READ_MAX_LAG` in bytes; 0 = no limit.
+    pub max_lag_bytes: u64,
+}
+
+/// Where a `.read_only()` checkout goes when a read pool exists: the read pool on the first
+/// attempt when its standby is up, in recovery, measured and within the lag limit, and the
+/// pool is not full while the primary has room; otherwise the primary side (see [`route`]),
+/// for the reason returned. Retries of a read always go to the primary side: the failure may
+/// have been the standby's (a recovery conflict, a lost connection).
+pub fn route_read(attempt: u32, read: &ReadView, primary: &PoolView) -> Result<(), ReadFallback> {
+    let r = read;
+    if attempt > 1 {
+        return Err(ReadFallback::Retry);
+    }
+    if !r.pool.up {
+        return Err(ReadFallback::Down);
+    }
+    match (r.in_recovery, r.lag_bytes) {
+        (Some(false), _) => return Err(ReadFallback::NotStandby),
+        (None, _) | (_, None) => return Err(ReadFallback::Unmeasured),
+        (Some(true), Some(lag)) if r.max_lag_bytes != 0 && lag > r.max_lag_bytes => {
+            return Err(ReadFallback::Lagging)
+        }
+        (Some(true), Some(_)) => {}
+    }
+    if r.pool.full() && !primary.full() {
+        return Err(ReadFallback::Busy);
+    }
+    Ok(())
 }
 
 /// The overflow switch with hysteresis: engages when the primary's utilization reaches the
@@ -329,6 +421,50 @@ mod tests {
                 got, want,
                 "{why}: attempt {attempt} {marking:?} overflow {overflow}"
             );
+        }
+    }
+
+    /// attempt, read pool, primary → where the read goes, why.
+    type ReadRow = (
+        u32,
+        ReadView,
+        PoolView,
+        Result<(), ReadFallback>,
+        &'static str,
+    );
+
+    #[test]
+    fn read_routing_table() {
+        const MB: u64 = 1 << 20;
+        let standby = |in_use, up, in_recovery, lag_bytes, max_lag_bytes| ReadView {
+            pool: v(in_use, 3, up, Some(false)),
+            in_recovery,
+            lag_bytes,
+            max_lag_bytes,
+        };
+        use ReadFallback::*;
+        #[rustfmt::skip]
+        let rows: &[ReadRow] = &[
+            (1, standby(0, true, Some(true), Some(0), 16 * MB), P_IDLE, Ok(()), "caught up"),
+            (1, standby(2, true, Some(true), Some(16 * MB), 16 * MB), P_IDLE, Ok(()), "exactly at the limit"),
+            (1, standby(0, true, Some(true), Some(16 * MB + 1), 16 * MB), P_IDLE, Err(Lagging), "one byte over"),
+            (1, standby(0, true, Some(true), Some(u64::MAX / 2), 0), P_IDLE, Ok(()), "0 = no limit"),
+            (1, standby(0, false, Some(true), Some(0), 16 * MB), P_IDLE, Err(Down), "down"),
+            (1, standby(0, false, None, None, 16 * MB), P_IDLE, Err(Down), "down from the start"),
+            (1, standby(0, true, None, None, 16 * MB), P_IDLE, Err(Unmeasured), "not probed yet"),
+            (1, standby(0, true, Some(true), None, 0), P_IDLE, Err(Unmeasured), "lag unknown, even without a limit"),
+            (1, standby(0, true, Some(false), None, 16 * MB), P_IDLE, Err(NotStandby), "promoted, or a primary"),
+            (1, standby(3, true, Some(true), Some(0), 16 * MB), P_IDLE, Err(Busy), "read pool full, primary has room"),
+            (1, standby(3, true, Some(true), Some(0), 16 * MB), P_FULL, Ok(()), "both full: the read pool waits"),
+            (1, standby(0, true, Some(true), Some(0), 16 * MB), P_DOWN, Ok(()), "primary down: reads still served"),
+            (2, standby(0, true, Some(true), Some(0), 16 * MB), P_IDLE, Err(Retry), "a retry goes to the primary"),
+            (4, standby(0, true, Some(true), Some(0), 16 * MB), P_DOWN, Err(Retry), "even with the primary down"),
+        ];
+        for &(attempt, read, primary, want, why) in rows {
+            assert_eq!(route_read(attempt, &read, &primary), want, "{why}");
+        }
+        for (i, r) in ReadFallback::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{}", r.name());
         }
     }
 

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::route::{route, FailoverStats, Marking, Overflow, PoolId, PoolView, RouteInput};
+use super::read::ReadSide;
+use super::route::{
+    route, route_read, FailoverStats, Marking, Overflow, PoolId, PoolView, RouteInput,
+};
 use crate::config::SessionAttrs;
 use crate::connect::{HostRole, PgConnector, Role};
 use crate::pool::{Connector, Pool};
@@ -68,6 +71,8 @@ pub struct Router {
     probe_timeout: Duration,
     /// Serializes probes: a burst of 25006 errors re-checks the roles once, not once each.
     probing: tokio::sync::Mutex<()>,
+    /// The read pool (`DB_READ_URL`) and its standby's state.
+    read: Option<ReadSide>,
 }
 
 impl std::fmt::Debug for Router {
@@ -76,6 +81,7 @@ impl std::fmt::Debug for Router {
             .field("primary", &self.primary)
             .field("failover", &self.failover)
             .field("states", &self.states)
+            .field("read", &self.read)
             .finish_non_exhaustive()
     }
 }
@@ -99,14 +105,45 @@ impl Router {
             threshold_pct,
             probe_timeout,
             probing: tokio::sync::Mutex::new(()),
+            read: None,
         }
     }
 
-    /// The pool `id` (the primary when failover is off).
+    /// Adds a read pool: `.read_only()` calls go there while its standby is up, in recovery
+    /// and at most `max_lag_bytes` behind (0 = no limit). Its lag is unknown, so it serves no
+    /// reads, until [`Router::refresh_read`] measured it.
+    pub fn with_read_pool(mut self, pool: Pool<PgConnector>, max_lag_bytes: u64) -> Self {
+        self.read = Some(ReadSide::new(pool, max_lag_bytes));
+        self
+    }
+
+    /// The pool `id` (the primary when failover, or read routing, is off).
     pub fn pool(&self, id: PoolId) -> &Pool<PgConnector> {
-        match (id, &self.failover) {
-            (PoolId::Failover, Some(f)) => f,
+        match (id, &self.failover, &self.read) {
+            (PoolId::Failover, Some(f), _) => f,
+            (PoolId::Read, _, Some(r)) => &r.pool,
             _ => &self.primary,
+        }
+    }
+
+    /// The read pool, when `DB_READ_URL` is set.
+    pub fn read_pool(&self) -> Option<&Pool<PgConnector>> {
+        self.read.as_ref().map(|r| &r.pool)
+    }
+
+    /// The snapshot's `read` section (all zero without a read pool).
+    pub fn read_stats(&self) -> crate::metrics::ReadSnapshot {
+        self.read
+            .as_ref()
+            .map(ReadSide::snapshot)
+            .unwrap_or_default()
+    }
+
+    /// Measures the read pool's standby: reachable, in recovery, its lag behind the primary.
+    /// The health checker calls it every tick; the manager once at start-up.
+    pub async fn refresh_read(&self) {
+        if let Some(r) = &self.read {
+            r.probe(self.primary.connector(), self.probe_timeout).await;
         }
     }
 
@@ -120,8 +157,9 @@ impl Router {
         self.failover.as_ref()
     }
 
+    /// The primary's and the failover pool's (the read pool keeps its own, in [`ReadSide`]).
     fn state(&self, id: PoolId) -> &TargetState {
-        &self.states[id as usize]
+        &self.states[usize::from(id == PoolId::Failover)]
     }
 
     /// Feeds the primary's utilization to the overflow switch; returns whether it is engaged.
@@ -132,6 +170,16 @@ impl Router {
 
     /// The pool that serves attempt `attempt` (1-based) of a call marked `marking`.
     pub fn pick(&self, attempt: u32, marking: Marking) -> PoolId {
+        if let (Marking::ReadOnly, Some(r)) = (marking, &self.read) {
+            let primary = self.state(PoolId::Primary).view(&self.primary);
+            match route_read(attempt, &r.view(), &primary) {
+                Ok(()) => {
+                    r.routed();
+                    return PoolId::Read;
+                }
+                Err(why) => r.fell_back(why),
+            }
+        }
         let Some(failover) = &self.failover else {
             return PoolId::Primary;
         };
@@ -160,28 +208,43 @@ impl Router {
 
     /// Whether the target of pool `id` is known to accept writes (`None`: not probed yet).
     pub fn writable(&self, id: PoolId) -> Option<bool> {
-        self.state(id).writable()
+        match (id, &self.read) {
+            // Reads only: it never takes a write, whatever its server is.
+            (PoolId::Read, Some(_)) => Some(false),
+            _ => self.state(id).writable(),
+        }
     }
 
     /// Whether the target of pool `id` answered the last probe.
     pub fn is_up(&self, id: PoolId) -> bool {
-        self.state(id).up.load(Ordering::Relaxed)
+        match (id, &self.read) {
+            (PoolId::Read, Some(r)) => r.is_up(),
+            _ => self.state(id).up.load(Ordering::Relaxed),
+        }
     }
 
     /// Whether a pool other than `id` could serve a call marked `marking` (failover enabled,
     /// its target up and, for a possible write, not known read-only): a retry after an
     /// exhausted pool's timeout then has somewhere to go.
     pub fn has_alternative(&self, id: PoolId, marking: Marking) -> bool {
+        if id == PoolId::Read {
+            // A read's retry goes to the primary side.
+            return self
+                .state(PoolId::Primary)
+                .view(&self.primary)
+                .serves(marking)
+                || self.has_alternative(PoolId::Primary, marking);
+        }
         let Some(failover) = &self.failover else {
             return false;
         };
         let other = match id {
             PoolId::Primary => PoolId::Failover,
-            PoolId::Failover => PoolId::Primary,
+            PoolId::Failover | PoolId::Read => PoolId::Primary,
         };
         let pool = match other {
-            PoolId::Primary => &self.primary,
             PoolId::Failover => failover,
+            PoolId::Primary | PoolId::Read => &self.primary,
         };
         self.state(other).view(pool).serves(marking)
     }
@@ -194,7 +257,10 @@ impl Router {
 
     /// Records that a checkout on pool `id` reached (`true`) or could not reach its server.
     pub fn note_reachable(&self, id: PoolId, up: bool) {
-        self.state(id).up.store(up, Ordering::Relaxed);
+        match (id, &self.read) {
+            (PoolId::Read, Some(r)) => r.note_reachable(up),
+            _ => self.state(id).up.store(up, Ordering::Relaxed),
+        }
     }
 
     /// Re-checks every target's role (the periodic probe, and after a failure): which host is
@@ -223,6 +289,10 @@ impl Router {
     /// A write on pool `id` was refused with 25006 (read-only transaction): it did not run.
     /// The target is marked read-only at once, then its roles are re-checked.
     pub async fn on_read_only(&self, id: PoolId) {
+        if id == PoolId::Read {
+            // Only `.read_only()` calls run there, and their 25006 is their own.
+            return;
+        }
         self.state(id).writable.store(READ_ONLY, Ordering::Relaxed);
         self.pool(id).evict_all();
         if id == PoolId::Primary && self.failover_same_target {

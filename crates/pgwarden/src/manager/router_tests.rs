@@ -116,3 +116,68 @@ async fn without_failover_everything_goes_to_the_primary_and_stats_stay_zero() {
     }
     assert_eq!(r.failover_stats(), FailoverStats::default());
 }
+
+#[tokio::test]
+async fn reads_go_to_the_read_pool_only_once_its_standby_is_measured_and_close_enough() {
+    use super::super::read::Found;
+    use crate::manager::route::ReadFallback;
+    let r = router("10.0.0.1", true).with_read_pool(pool("10.0.0.7"), 1024);
+    let read = || r.read.as_ref().unwrap();
+    let reason = |why: ReadFallback| r.read_stats().fallbacks_by_reason.get(why);
+    // Not measured yet: never used blindly.
+    assert_eq!(r.pick(1, Marking::ReadOnly), PoolId::Primary);
+    assert_eq!(reason(ReadFallback::Unmeasured), 1);
+    read().record(Found::Standby(Some(100)));
+    assert_eq!(r.pick(1, Marking::ReadOnly), PoolId::Read);
+    // Writes and unmarked or idempotent calls never go there; a read's retry goes to the
+    // primary side.
+    assert_eq!(r.pick(1, Marking::Write), PoolId::Primary);
+    assert_eq!(r.pick(1, Marking::Idempotent), PoolId::Primary);
+    assert_eq!(r.pick(3, Marking::ReadOnly), PoolId::Failover);
+    assert_eq!(reason(ReadFallback::Retry), 1);
+    assert!(r.has_alternative(PoolId::Read, Marking::ReadOnly));
+    // Over the limit, then caught up.
+    read().record(Found::Standby(Some(1025)));
+    assert_eq!(r.pick(1, Marking::ReadOnly), PoolId::Primary);
+    assert_eq!(reason(ReadFallback::Lagging), 1);
+    read().record(Found::Standby(Some(0)));
+    assert_eq!(r.pick(1, Marking::ReadOnly), PoolId::Read);
+    // The primary's position unknown (the primary down): the last measure stands.
+    read().record(Found::Standby(None));
+    assert_eq!(r.pick(1, Marking::ReadOnly), PoolId::Read);
+    // A failed connect: down, and the lag forgotten until a fresh measure.
+    r.note_reachable(PoolId::Read, false);
+    assert!(!r.is_up(PoolId::Read));
+    assert!(r.is_up(PoolId::Primary), "the primary's state is its own");
+    assert_eq!(r.pick(1, Marking::ReadOnly), PoolId::Primary);
+    assert_eq!(reason(ReadFallback::Down), 1);
+    read().record(Found::Standby(None));
+    assert_eq!(r.pick(1, Marking::ReadOnly), PoolId::Primary);
+    assert_eq!(reason(ReadFallback::Unmeasured), 2);
+    read().record(Found::Standby(Some(10)));
+    assert_eq!(r.pick(1, Marking::ReadOnly), PoolId::Read);
+    // An exhausted read pool at probe time changes nothing.
+    read().record(Found::Busy);
+    assert_eq!(r.pick(1, Marking::ReadOnly), PoolId::Read);
+    // Promoted: not a standby any more.
+    read().record(Found::NotStandby);
+    assert_eq!(r.pick(1, Marking::ReadOnly), PoolId::Primary);
+    assert_eq!(reason(ReadFallback::NotStandby), 1);
+    read().record(Found::Down("refused".into()));
+    assert_eq!(r.pick(1, Marking::ReadOnly), PoolId::Primary);
+    assert_eq!(r.writable(PoolId::Read), Some(false));
+
+    let s = r.read_stats();
+    assert!(s.enabled && !s.serving);
+    assert_eq!((s.routed, s.fallbacks), (5, 7));
+    assert_eq!(s.lag_bytes, None);
+    assert_eq!(s.max_lag_bytes, 1024);
+}
+
+#[tokio::test]
+async fn without_a_read_pool_reads_follow_the_failover_rules_and_read_stats_stay_zero() {
+    let r = router("10.0.0.1", true);
+    assert_eq!(r.pick(1, Marking::ReadOnly), PoolId::Primary);
+    assert!(std::ptr::eq(r.pool(PoolId::Read), r.primary()));
+    assert_eq!(r.read_stats(), crate::metrics::ReadSnapshot::default());
+}

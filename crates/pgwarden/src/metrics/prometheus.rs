@@ -23,15 +23,15 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-struct Out(String);
+pub(crate) struct Out(pub(crate) String);
 
 impl Out {
-    fn head(&mut self, name: &str, kind: &str, help: &str) {
+    pub(crate) fn head(&mut self, name: &str, kind: &str, help: &str) {
         let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
     }
 
     /// One sample; `labels` are `(name, value)` pairs, values escaped here.
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], v: f64) {
+    pub(crate) fn sample(&mut self, name: &str, labels: &[(&str, &str)], v: f64) {
         self.0.push_str(name);
         if !labels.is_empty() {
             self.0.push('{');
@@ -288,6 +288,7 @@ pub(crate) fn render(s: &Snapshot, fig: &Figures, pool_names: &[&str]) -> String
         &[],
         s.failover.activations as f64,
     );
+    super::read::prometheus(&mut o, &s.read);
     o.0
 }
 

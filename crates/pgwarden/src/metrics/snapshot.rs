@@ -273,6 +273,8 @@ pub struct Snapshot {
     pub statement_cache: CacheStats,
     /// Failover.
     pub failover: FailoverSnapshot,
+    /// Read routing (`DB_READ_URL`).
+    pub read: super::ReadSnapshot,
     /// Health grade of the last minute.
     pub health: HealthSnapshot,
 }
@@ -399,6 +401,8 @@ pub(crate) fn build(
         connections: conns,
         statement_cache: cache,
         failover,
+        // The manager fills it in: the router holds read routing's figures.
+        read: super::ReadSnapshot::default(),
         health: health::grade(&window, thresholds),
     }
 }

@@ -27,7 +27,9 @@ fn ms(v: f64) -> String {
 ///
 /// Active and Idle count the pools that can serve a checkout; the query time and slow count
 /// are the last minute's, the figures the grade used. A grade other than GOOD names the figure
-/// that set it: `Pool Health: WARNING (p95_ms: 120ms)`.
+/// that set it: `Pool Health: WARNING (p95_ms: 120ms)`. With a read pool (`DB_READ_URL`) a last
+/// line tells where reads go: `   Reads: STANDBY (lag 12kB, limit 16MB; 120 routed, 3 to the
+/// primary)`.
 pub(crate) fn render(s: &Snapshot) -> String {
     let h = &s.health;
     let w = &h.window;
@@ -65,6 +67,9 @@ pub(crate) fn render(s: &Snapshot) -> String {
         if slow == 1 { "query" } else { "queries" },
         if s.failover.active { "ACTIVE" } else { "INACTIVE" },
     );
+    if let Some(line) = super::read::status_line(&s.read) {
+        let _ = write!(out, "\n{line}");
+    }
     out
 }
 

@@ -24,6 +24,7 @@ mod pool_basic;
 mod pool_clean;
 mod pool_faults;
 mod proxy;
+mod read_routing;
 mod regressions;
 mod session_attrs;
 mod tls;
