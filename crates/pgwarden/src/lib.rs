@@ -45,6 +45,7 @@ pub mod health;
 mod hooks;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod lane;
 pub mod manager;
 pub mod metrics;
 pub mod pool;

@@ -46,6 +46,7 @@ impl ManagerOptions {
             retry_delays: crate::config::RETRY_DELAYS.to_vec(),
             health_check_interval: Some(config.health.interval),
             health_thresholds: config.health.thresholds.clone(),
+            pipeline_connections: config.pool.pipeline_connections,
             ..ManagerOptions::default()
         }
     }
@@ -131,6 +132,7 @@ impl PoolManager {
         pool.prewarm().await.map_err(BuildError::Prewarm)?;
         let m = PoolManager::with_failover(pool, failover, ManagerOptions::from_config(config));
         m.router().refresh_topology().await;
+        m.prewarm_lane().await;
         Ok(m)
     }
 }

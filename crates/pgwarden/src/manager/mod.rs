@@ -4,6 +4,7 @@
 
 mod call;
 mod client;
+mod lane;
 pub mod route;
 mod router;
 mod stats;
@@ -52,6 +53,14 @@ pub struct ManagerOptions {
     pub health_check_interval: Option<Duration>,
     /// Where the health grades change. Default: DESIGN.md's table.
     pub health_thresholds: HealthThresholds,
+    /// `DB_PIPELINE_CONNECTIONS`: connections of the pipelined lane, checked out of the
+    /// primary pool and shared by single-statement calls; 0 = no lane. Ignored when the
+    /// statement cache is off (size 0, for PgBouncer): see [`crate::config::QueryConfig`].
+    /// Default: the development profile's.
+    pub pipeline_connections: u32,
+    /// The bound on statements in flight per lane connection; a call finding every lane
+    /// connection full waits for room (a stall, counted). Default: 256.
+    pub pipeline_max_in_flight: u32,
 }
 
 impl Default for ManagerOptions {
@@ -73,12 +82,19 @@ impl Default for ManagerOptions {
                     .interval,
             ),
             health_thresholds: HealthThresholds::default(),
+            pipeline_connections: crate::config::PoolConfig::for_profile(p).pipeline_connections,
+            pipeline_max_in_flight: DEFAULT_PIPELINE_MAX_IN_FLIGHT,
         }
     }
 }
 
+/// Default [`ManagerOptions::pipeline_max_in_flight`].
+pub(crate) const DEFAULT_PIPELINE_MAX_IN_FLIGHT: u32 = 256;
+
 struct Shared {
     router: Arc<Router>,
+    /// The pipelined lane (`DB_PIPELINE_CONNECTIONS` > 0, statement cache on).
+    lane: Option<Arc<crate::lane::Lane>>,
     opts: ManagerOptions,
     stats: QueryStats,
     /// The health checker (which also probes roles), aborted with the manager.
@@ -170,6 +186,7 @@ impl PoolManager {
             None => (None, false, 100),
         };
         let pools = if failover.is_some() { 2 } else { 1 };
+        let lane = lane_for(&primary, &opts);
         let router = Arc::new(Router::new(
             primary,
             failover,
@@ -181,6 +198,7 @@ impl PoolManager {
         let db = Self {
             inner: Arc::new(Shared {
                 router,
+                lane,
                 opts,
                 stats: QueryStats::new(pools),
                 checker: std::sync::Mutex::new(None),
@@ -300,8 +318,28 @@ impl PoolManager {
         &self.inner.opts
     }
 
+    /// The pipelined lane's figures (all zero when there is no lane).
+    pub fn lane_stats(&self) -> crate::lane::LaneStats {
+        self.inner
+            .lane
+            .as_ref()
+            .map(|l| l.stats())
+            .unwrap_or_default()
+    }
+
+    /// Opens the pipelined lane's connections now, each bounded by the acquire timeout
+    /// (otherwise they open on the first calls, which meanwhile take the exclusive path).
+    pub async fn prewarm_lane(&self) {
+        if let Some(lane) = &self.inner.lane {
+            lane.prewarm().await;
+        }
+    }
+
     /// Shuts down: see [`Pool::close`]. The health checker stops.
     pub async fn close(&self, grace: Duration) {
+        if let Some(lane) = &self.inner.lane {
+            lane.close();
+        }
         if let Some(h) = self
             .inner
             .checker
@@ -403,4 +441,25 @@ impl PoolManager {
     pub fn set_metrics_recording(&self, on: bool) {
         self.inner.stats.recorder.set_enabled(on);
     }
+}
+
+/// The lane `opts` ask for over `primary`. None with the statement cache off: that mode is for
+/// PgBouncer in transaction mode, where a session's `statement_timeout` (the lane's only time
+/// limit) does not hold and statements of one connection may reach different servers.
+fn lane_for(primary: &Pool<PgConnector>, opts: &ManagerOptions) -> Option<Arc<crate::lane::Lane>> {
+    if opts.pipeline_connections == 0 {
+        return None;
+    }
+    if primary.connector().options().statement_cache_size == 0 {
+        tracing::warn!(
+            "DB_PIPELINE_CONNECTIONS is ignored: the statement cache is off (DB_STATEMENT_CACHE_SIZE=0, PgBouncer mode), and the lane needs a server session of its own"
+        );
+        return None;
+    }
+    Some(crate::lane::Lane::new(
+        primary.clone(),
+        opts.pipeline_connections,
+        opts.pipeline_max_in_flight,
+        opts.query_timeout,
+    ))
 }
