@@ -37,6 +37,7 @@ pub trait Op: sealed::Sealed + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Self::Out, Error>> + Send + 'c;
     /// The result from the rows and row count a statement on the pipelined lane returned.
     #[doc(hidden)]
+    #[allow(clippy::result_large_err)] // the call's own result type
     fn from_lane(rows: Vec<Row>, count: u64) -> Result<Self::Out, Error>;
 }
 

@@ -13,6 +13,7 @@ mod failover;
 mod hooks;
 mod hooks_pool;
 mod http;
+mod lane;
 mod leak;
 mod manager;
 mod metrics;
