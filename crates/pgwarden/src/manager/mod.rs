@@ -391,12 +391,14 @@ impl PoolManager {
     /// The metrics at this moment (see [`Snapshot`]; serialize it for dashboards).
     pub fn metrics(&self) -> Snapshot {
         let (pools, fig) = self.inputs();
-        crate::metrics::build(
+        let mut snapshot = crate::metrics::build(
             &pools,
             &fig,
             self.failover_snapshot(),
             &self.inner.opts.health_thresholds,
-        )
+        );
+        snapshot.lane = self.lane_stats();
+        snapshot
     }
 
     /// The status block:
@@ -419,12 +421,13 @@ impl PoolManager {
     /// [`crate::metrics::PROMETHEUS_CONTENT_TYPE`]), names as in DESIGN.md.
     pub fn prometheus(&self) -> String {
         let (pools, fig) = self.inputs();
-        let snapshot = crate::metrics::build(
+        let mut snapshot = crate::metrics::build(
             &pools,
             &fig,
             self.failover_snapshot(),
             &self.inner.opts.health_thresholds,
         );
+        snapshot.lane = self.lane_stats();
         let names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
         crate::metrics::prometheus_text(&snapshot, &fig, &names)
     }

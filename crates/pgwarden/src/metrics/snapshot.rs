@@ -275,6 +275,10 @@ pub struct Snapshot {
     pub failover: FailoverSnapshot,
     /// Health grade of the last minute.
     pub health: HealthSnapshot,
+    /// The pipelined lane (`DB_PIPELINE_CONNECTIONS`): connections, statements in flight,
+    /// served, stalls. All 0 without a lane. Its connections are checkouts of the primary
+    /// pool, so they also count in that pool's `active`.
+    pub lane: crate::lane::LaneStats,
 }
 
 /// What the snapshot needs to know of one pool.
@@ -400,6 +404,7 @@ pub(crate) fn build(
         statement_cache: cache,
         failover,
         health: health::grade(&window, thresholds),
+        lane: crate::lane::LaneStats::default(),
     }
 }
 

@@ -65,6 +65,14 @@ pub(crate) fn render(s: &Snapshot) -> String {
         if slow == 1 { "query" } else { "queries" },
         if s.failover.active { "ACTIVE" } else { "INACTIVE" },
     );
+    let lane = &s.lane;
+    if lane.configured > 0 {
+        let _ = write!(
+            out,
+            "\n   Lane: {}/{} connections, {} in flight, {} served, {} stalls",
+            lane.connections, lane.configured, lane.in_flight, lane.served, lane.stalls
+        );
+    }
     out
 }
 

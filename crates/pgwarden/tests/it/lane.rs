@@ -350,6 +350,28 @@ async fn one_callers_error_affects_no_other_caller() {
     let st = m.lane_stats();
     assert_eq!((st.lost, st.connections, st.opened), (0, 1, 1), "{st:?}");
     assert!(st.served >= 61, "{st:?}");
+    // The lane's figures in the snapshot, the Prometheus text and the status block.
+    let snap = m.metrics();
+    assert_eq!(snap.lane, st);
+    let json = serde_json::to_value(&snap).unwrap();
+    assert_eq!(json["lane"]["connections"], 1);
+    assert_eq!(json["lane"]["served"], st.served);
+    let prom = m.prometheus();
+    assert!(prom.contains("pgwarden_lane_connections 1"), "{prom}");
+    assert!(
+        prom.contains(&format!("pgwarden_lane_statements_total {}", st.served)),
+        "{prom}"
+    );
+    assert!(prom.contains("pgwarden_lane_stalls_total 0"), "{prom}");
+    assert!(prom.contains("pgwarden_lane_in_flight 0"), "{prom}");
+    let status = m.status();
+    assert!(
+        status.contains(&format!(
+            "Lane: 1/1 connections, 0 in flight, {} served, 0 stalls",
+            st.served
+        )),
+        "{status}"
+    );
     m.close(Duration::from_secs(1)).await;
 }
 
