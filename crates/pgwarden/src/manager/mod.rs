@@ -459,9 +459,23 @@ fn lane_for(primary: &Pool<PgConnector>, opts: &ManagerOptions) -> Option<Arc<cr
         );
         return None;
     }
+    // The lane's connections are the primary pool's: leave the exclusive path at least one.
+    let max = primary.options().max_size;
+    let connections = opts.pipeline_connections.min(max.saturating_sub(1));
+    if connections < opts.pipeline_connections {
+        tracing::warn!(
+            asked = opts.pipeline_connections,
+            connections,
+            pool_max = max,
+            "the pipelined lane is cut to leave the primary pool a connection of its own"
+        );
+    }
+    if connections == 0 {
+        return None;
+    }
     Some(crate::lane::Lane::new(
         primary.clone(),
-        opts.pipeline_connections,
+        connections,
         opts.pipeline_max_in_flight,
         opts.query_timeout,
     ))
