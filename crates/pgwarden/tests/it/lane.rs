@@ -42,25 +42,25 @@ async fn lane_manager(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_timing_out_never_cancels_another_callers_statement() {
     let (server, db) = shared_db();
-    let (m, app) = lane_manager(&server, &db, "lanecancel", 1, 16, Duration::from_secs(2)).await;
+    let (m, app) = lane_manager(&server, &db, "lanecancel", 1, 16, Duration::from_secs(3)).await;
     let setting: String = m
         .query_one("SELECT current_setting('statement_timeout')", &[])
         .await
         .unwrap()
         .get(0);
-    assert_eq!(setting, "2s", "statement_timeout set at connect");
+    assert_eq!(setting, "3s", "statement_timeout set at connect");
 
     let m2 = m.clone();
     let first = tokio::spawn(async move {
-        m2.query_one("SELECT 1 FROM pg_sleep(1.5)", &[])
+        m2.query_one("SELECT 1 FROM pg_sleep(2)", &[])
             .idempotent()
             .await
     });
     wait_until_running(&server, &app, "SELECT 1 FROM pg_sleep").await;
-    // Queued behind the first on the one lane connection: its 2.1 s deadline passes while its
-    // statement (1.5 s, started ~1.5 s late) still runs.
+    // Queued behind the first on the one lane connection: its 3.1 s deadline passes while its
+    // statement (2.9 s, started ~2 s late, under the 3 s statement_timeout) still runs.
     let err = m
-        .query_one("SELECT 2 FROM pg_sleep(1.5)", &[])
+        .query_one("SELECT 2 FROM pg_sleep(2.9)", &[])
         .idempotent()
         .await
         .unwrap_err();
@@ -89,7 +89,7 @@ async fn a_caller_timing_out_never_cancels_another_callers_statement() {
     // Past the query timeout, the server ends the statement (57014): a timeout that provably
     // ended, and the connection stays in the lane.
     let err = m
-        .execute("SELECT pg_sleep(5)", &[])
+        .execute("SELECT pg_sleep(10)", &[])
         .await
         .expect_err("statement_timeout");
     assert!(
@@ -442,5 +442,28 @@ async fn statement_cache_off_turns_the_lane_off() {
         "{st:?}"
     );
     assert_invariants(&server, m.pool(), &app).await;
+    m.close(Duration::from_secs(1)).await;
+}
+
+/// The lane's connections come out of the primary pool: a lane as large as the pool is cut to
+/// leave the exclusive path a connection, and the pool never opens more than its maximum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lane_stays_within_the_pools_maximum() {
+    let (server, db) = shared_db();
+    let mut mo = ManagerOptions::default();
+    mo.pipeline_connections = 4;
+    mo.health_check_interval = None;
+    let (pool, _app) = pool(&server, &db, "lanecut", test_opts(2, 0));
+    let m = PoolManager::new(pool, mo);
+    m.prewarm_lane().await;
+    assert_eq!(m.lane_stats().configured, 1);
+    let (a, b) = tokio::join!(
+        m.query_one("SELECT 1", &[]).into_future(),
+        m.transaction(|tx| Box::pin(async move { tx.query_one("SELECT 2", &[]).await }))
+    );
+    assert_eq!(a.unwrap().get::<_, i32>(0), 1);
+    assert_eq!(b.unwrap().get::<_, i32>(0), 2);
+    let s = m.pool().status();
+    assert_eq!((s.max, s.size), (2, 2), "{s}");
     m.close(Duration::from_secs(1)).await;
 }
