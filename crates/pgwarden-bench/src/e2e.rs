@@ -19,6 +19,8 @@ const SELECT1_SQL: &str = "SELECT 1";
 pub(crate) const ROWS: i32 = 100_000;
 pub(crate) const TP_TASKS: usize = 1000;
 pub(crate) const POOL_SIZE: u32 = 10;
+/// Server connections of the pipelined lane, and of the raw pipelined peer beside it.
+pub(crate) const LANE_CONNS: u32 = 4;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Query {
@@ -61,10 +63,15 @@ pub(crate) enum Lib {
     SqlxEq,
     /// raw tokio-postgres: dedicated clients, one task each, statement prepared once.
     Raw,
+    /// pgwarden `PoolManager::query_one` on the pipelined lane ([`LANE_CONNS`] connections).
+    Lane,
+    /// raw tokio-postgres pipelined: [`LANE_CONNS`] clients shared by all tasks (task `i` on
+    /// client `i % LANE_CONNS`), statement prepared once per client.
+    RawPipelined,
 }
 
 impl Lib {
-    pub(crate) const TP: [Lib; 7] = [
+    pub(crate) const TP: [Lib; 9] = [
         Lib::Pgwarden,
         Lib::Deadpool,
         Lib::Bb8,
@@ -72,6 +79,8 @@ impl Lib {
         Lib::Sqlx,
         Lib::SqlxEq,
         Lib::Raw,
+        Lib::Lane,
+        Lib::RawPipelined,
     ];
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -83,6 +92,8 @@ impl Lib {
             Lib::Sqlx => "sqlx",
             Lib::SqlxEq => "sqlx-eq",
             Lib::Raw => "raw",
+            Lib::Lane => "pgwarden-lane",
+            Lib::RawPipelined => "raw-pipelined",
         }
     }
     /// The `application_name` its connections carry (the peak-connections count).
@@ -97,6 +108,8 @@ impl Lib {
             (Lib::Sqlx, _) => "bench-sqlx",
             (Lib::SqlxEq, _) => "bench-sqlx-eq",
             (Lib::Raw, _) => "bench-raw",
+            (Lib::Lane, _) => "bench-pgwarden-lane",
+            (Lib::RawPipelined, _) => "bench-raw-pipelined",
         }
     }
 }
@@ -195,6 +208,10 @@ pub(crate) struct Env {
     sqlx_eq: sqlx::PgPool,
     /// 10 dedicated raw clients.
     raw: Vec<Arc<Client>>,
+    /// pgwarden with the pipelined lane on [`LANE_CONNS`] connections.
+    pub(crate) lane: PoolManager,
+    /// [`LANE_CONNS`] raw clients shared by every task.
+    raw_pipelined: Vec<Arc<Client>>,
     monitor: Arc<Client>,
     pub(crate) server_version: String,
 }
@@ -305,6 +322,23 @@ pub(crate) async fn setup(pg: &tokio_postgres::Config) -> Result<Env, AnyErr> {
     for _ in 0..POOL_SIZE {
         raw.push(connect_raw(pg, Lib::Raw.app(false)).await?);
     }
+    let lane = {
+        let mut co = ConnectOptions::default();
+        co.application_name = Some(Lib::Lane.app(false).to_owned());
+        let app_pg = app_config(pg, Lib::Lane.app(false));
+        let connector = PgConnector::new(&app_pg, SslMode::Disable, None, co)?;
+        // Only the lane's connections open: every call of the scenario goes on the lane.
+        let pool = Pool::new(connector, PoolOptions::sized(POOL_SIZE, 0));
+        let mut mo = ManagerOptions::default();
+        mo.pipeline_connections = LANE_CONNS;
+        let db = PoolManager::new(pool, mo);
+        db.prewarm_lane().await;
+        db
+    };
+    let mut raw_pipelined = Vec::new();
+    for _ in 0..LANE_CONNS {
+        raw_pipelined.push(connect_raw(pg, Lib::RawPipelined.app(false)).await?);
+    }
     Ok(Env {
         lat_cached,
         lat_uncached,
@@ -315,6 +349,8 @@ pub(crate) async fn setup(pg: &tokio_postgres::Config) -> Result<Env, AnyErr> {
         sqlx,
         sqlx_eq,
         raw,
+        lane,
+        raw_pipelined,
         monitor,
         server_version,
     })
@@ -322,7 +358,7 @@ pub(crate) async fn setup(pg: &tokio_postgres::Config) -> Result<Env, AnyErr> {
 
 impl Env {
     pub(crate) async fn close(self) {
-        for db in [&self.lat_cached, &self.lat_uncached, &self.tp] {
+        for db in [&self.lat_cached, &self.lat_uncached, &self.tp, &self.lane] {
             db.close(Duration::from_secs(5)).await;
         }
         self.deadpool.close();
@@ -376,8 +412,9 @@ pub(crate) async fn run(env: &Env, s: E2e, cfg: Cfg, round: usize) -> Result<Sam
         app: s.lib.app(s.latency),
     });
     match s.lib {
-        Lib::Pgwarden | Lib::PgwardenUncached => {
+        Lib::Pgwarden | Lib::PgwardenUncached | Lib::Lane => {
             let db = match (s.latency, s.lib) {
+                (_, Lib::Lane) => env.lane.clone(),
                 (true, Lib::Pgwarden) => env.lat_cached.clone(),
                 (true, _) => env.lat_uncached.clone(),
                 _ => env.tp.clone(),
@@ -482,14 +519,14 @@ pub(crate) async fn run(env: &Env, s: E2e, cfg: Cfg, round: usize) -> Result<Sam
             })
             .await
         }
-        Lib::Raw => {
-            let clients: Vec<Arc<Client>> = if s.latency {
-                env.raw[..1].to_vec()
-            } else {
-                env.raw.clone()
+        Lib::Raw | Lib::RawPipelined => {
+            let (clients, tasks): (Vec<Arc<Client>>, usize) = match (s.lib, s.latency) {
+                (Lib::RawPipelined, _) => (env.raw_pipelined.clone(), tasks),
+                (_, true) => (env.raw[..1].to_vec(), 1),
+                _ => (env.raw.clone(), env.raw.len()),
             };
-            run_tasks(t, clients.len(), peak, move |i, w, barrier| {
-                let client = Arc::clone(&clients[i]);
+            run_tasks(t, tasks, peak, move |i, w, barrier| {
+                let client = Arc::clone(&clients[i % clients.len()]);
                 async move {
                     let st = client.prepare(sql).await?;
                     barrier.wait().await;

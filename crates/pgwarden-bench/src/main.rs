@@ -17,7 +17,8 @@
 //!   cache on and off, and a raw tokio-postgres client with the statement prepared once.
 //! - `tp/*`: 1,000 tasks on 10 connections: pgwarden, deadpool-postgres, bb8-postgres and sqlx
 //!   (at their defaults, and bb8/sqlx also equalized: no check-out ping, cached statements), and
-//!   raw tokio-postgres (10 dedicated clients, one task each).
+//!   raw tokio-postgres (10 dedicated clients, one task each); and on 4 connections, pgwarden's
+//!   pipelined lane beside raw tokio-postgres with 4 clients shared by every task.
 //! - `pool/*`: dummy connections, get + drop: uncontended, 256 and 1,024 tasks on 16 objects.
 //!
 //! End-to-end scenarios run a point select on a 100k-row table (random id) and `SELECT 1`.

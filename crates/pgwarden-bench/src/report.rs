@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::e2e::{Lib, Query, POINT_SQL, POOL_SIZE, ROWS, TP_TASKS};
+use crate::e2e::{Lib, Query, LANE_CONNS, POINT_SQL, POOL_SIZE, ROWS, TP_TASKS};
 use crate::poolonly::{PoolLib, Shape, POOL_OBJECTS};
 use crate::util::{join, median, Cfg, Sample};
 
@@ -189,6 +189,22 @@ impl Report<'_> {
                 });
             }
         }
+        for q in Query::ALL {
+            for (peer, min) in [("raw-pipelined", 0.9), ("deadpool", 3.0)] {
+                if let Some(c) =
+                    self.cmp(&tp("pgwarden-lane", q), &tp(peer, q), Sample::per_sec, true)
+                {
+                    v.push(Target {
+                        what: format!(
+                            "tp {}: pgwarden-lane ({LANE_CONNS} connections) / {peer} ≥ {min}",
+                            q.name()
+                        ),
+                        measured: ratio(&c),
+                        met: Some(c.median >= min),
+                    });
+                }
+            }
+        }
         if let Some(c) = self.vs_fastest_pool(Shape::Tasks(256)) {
             v.push(Target {
                 what: format!(
@@ -365,7 +381,9 @@ impl Report<'_> {
         }
         let _ = writeln!(
             o,
-            "\n## 2. End-to-end: {TP_TASKS} tasks on {POOL_SIZE} connections\n"
+            "\n## 2. End-to-end: {TP_TASKS} tasks on {POOL_SIZE} connections\n\n\
+             `pgwarden-lane` (the pipelined lane) and `raw-pipelined` (tokio-postgres clients \
+             shared by every task) use {LANE_CONNS} server connections.\n"
         );
         self.e2e_header(o);
         for q in Query::ALL {
@@ -383,6 +401,9 @@ impl Report<'_> {
                 .map(|l| ("pgwarden", l.name()))
                 .collect();
             pairs.push(("deadpool", "raw"));
+            pairs.push(("pgwarden-lane", "raw-pipelined"));
+            pairs.push(("pgwarden-lane", "deadpool"));
+            pairs.push(("raw-pipelined", "deadpool"));
             for (a, b) in pairs {
                 if let Some(m) = self.cmp(&tp(a, q), &tp(b, q), Sample::per_sec, true) {
                     let won = if a == "pgwarden" {

@@ -46,6 +46,7 @@ pub mod health;
 mod hooks;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod lane;
 pub mod listen;
 pub mod manager;
 pub mod metrics;

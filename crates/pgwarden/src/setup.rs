@@ -46,6 +46,7 @@ impl ManagerOptions {
             retry_delays: crate::config::RETRY_DELAYS.to_vec(),
             health_check_interval: Some(config.health.interval),
             health_thresholds: config.health.thresholds.clone(),
+            pipeline_connections: config.pool.pipeline_connections,
             ..ManagerOptions::default()
         }
     }
@@ -156,6 +157,7 @@ impl PoolManager {
         // Before the first read: a standby whose lag is unknown serves none. A read target
         // that is down or not a standby is warned about here, not refused: roles change.
         m.router().refresh_read().await;
+        m.prewarm_lane().await;
         Ok(m)
     }
 }

@@ -59,6 +59,10 @@ pub(crate) struct BenchArgs {
     /// Write the report as JSON to FILE (`-` for stdout; the text then goes to stderr).
     #[arg(long, value_name = "FILE")]
     json: Option<String>,
+    /// Share N server connections (4 when N is left out) among every task's statements: the
+    /// pipelined lane (DB_PIPELINE_CONNECTIONS=N). 0 turns it off.
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "4")]
+    pipeline: Option<u32>,
     /// Serve /metrics (Prometheus), /health and /status on HOST:PORT while the load runs.
     #[arg(long, value_name = "HOST:PORT")]
     serve: Option<std::net::SocketAddr>,
@@ -121,6 +125,10 @@ pub(crate) async fn run(mut config: Config, args: BenchArgs, ui: &Ui) -> Result<
             )
         })?),
     };
+    if let Some(n) = args.pipeline {
+        // Validated with the rest of the configuration when the manager is built.
+        config.pool.pipeline_connections = n;
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = if config.database_url.is_none() {
         Some(throwaway::start(&mut config, |l| say.line(l)).await?)

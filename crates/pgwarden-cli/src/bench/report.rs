@@ -157,6 +157,22 @@ pub(crate) fn text(h: &Header<'_>, o: &Outcome, snapshot: &Value, ui: &Ui) -> St
         }),
     );
     line(
+        "lane",
+        at(snapshot, "/lane")
+            .filter(|l| l.get("configured").and_then(Value::as_u64).unwrap_or(0) > 0)
+            .map(|l| {
+                let n = |k: &str| l.get(k).and_then(Value::as_u64).unwrap_or(0);
+                format!(
+                    "{}/{} connections · {} statements · {} stalls · {} lost",
+                    n("connections"),
+                    n("configured"),
+                    ui::thousands(n("served")),
+                    ui::thousands(n("stalls")),
+                    n("lost")
+                )
+            }),
+    );
+    line(
         "health",
         at(snapshot, "/health/grade")
             .and_then(Value::as_str)

@@ -347,3 +347,35 @@ fn serve_exposes_metrics_health_and_status_while_the_load_runs() {
         "the endpoints still answer on {addr} after the run"
     );
 }
+
+#[test]
+fn pipeline_runs_the_load_on_the_shared_lane_and_reports_it() {
+    let (_server, _db, url) = own_database();
+    let o = pgwarden(
+        &[
+            "bench",
+            "select1",
+            "-n",
+            "3000",
+            "-c",
+            "64",
+            "--pipeline",
+            "2",
+            "--json",
+            "-",
+        ],
+        &[("DATABASE_URL", &url)],
+    );
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    let doc = json_of(&o);
+    assert_eq!(doc["calls"], 3000, "{doc}");
+    assert_eq!(doc["failed"], 0, "{doc}");
+    let lane = &doc["snapshot"]["lane"];
+    assert_eq!(lane["configured"], 2, "{lane}");
+    assert_eq!(lane["connections"], 2, "{lane}");
+    // Opened before the load: every call of it went on the lane.
+    assert!(lane["served"].as_u64().unwrap_or(0) >= 3000, "{lane}");
+    let report = String::from_utf8_lossy(&o.stderr);
+    assert!(report.contains("lane          2/2 connections"), "{report}");
+}

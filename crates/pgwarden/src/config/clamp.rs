@@ -35,6 +35,16 @@ impl Config {
                 self.mark_clamped("DB_POOL_MAX", "DB_POOL_MIN");
             }
         }
+        // DB_PIPELINE_CONNECTIONS < DB_POOL_MAX: the lane leaves the exclusive path a
+        // connection. A profile's lane gives way to a small user-set pool.
+        let lane = self.pool.pipeline_connections;
+        if lane > 0
+            && lane >= self.pool.max_size
+            && gives_way(self, "DB_PIPELINE_CONNECTIONS", "DB_POOL_MAX")
+        {
+            self.pool.pipeline_connections = self.pool.max_size.saturating_sub(1);
+            self.mark_clamped("DB_PIPELINE_CONNECTIONS", "DB_POOL_MAX");
+        }
         // DB_ACQUIRE_TIMEOUT >= DB_CONNECT_TIMEOUT (a zero is its own problem, left alone).
         let (acquire, connect) = (self.pool.acquire_timeout, self.pool.connect_timeout);
         if !acquire.is_zero() && !connect.is_zero() && acquire < connect {

@@ -118,6 +118,7 @@ impl Config {
             "DB_READ_MAX_LAG" => format_bytes(self.read.max_lag_bytes),
             "DB_POOL_MAX" => self.pool.max_size.to_string(),
             "DB_POOL_MIN" => self.pool.min_idle.to_string(),
+            "DB_PIPELINE_CONNECTIONS" => self.pool.pipeline_connections.to_string(),
             "DB_CONNECT_TIMEOUT" => d(self.pool.connect_timeout),
             "DB_ACQUIRE_TIMEOUT" => d(self.pool.acquire_timeout),
             "DB_POOL_IDLE_TIMEOUT" => d(self.pool.idle_timeout),

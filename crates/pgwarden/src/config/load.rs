@@ -14,7 +14,7 @@ use super::{Config, ConfigError, DbTarget, Problem, Profile, Source};
 /// Every variable pgwarden reads, in the order of DESIGN.md's table (`APP_ENV`, the host
 /// application's variable, is read for the profile only). `PGWARDEN_PG_BIN` belongs to the
 /// test harness and the CLI.
-pub(crate) const VARIABLES: [&str; 25] = [
+pub(crate) const VARIABLES: [&str; 26] = [
     "DB_PROFILE",
     "APP_ENV",
     "DATABASE_URL",
@@ -40,6 +40,7 @@ pub(crate) const VARIABLES: [&str; 25] = [
     "DB_READ_MAX_LAG",
     "DB_LEAK_DETECTION_THRESHOLD",
     "DB_CONNECT_INIT_SQL",
+    "DB_PIPELINE_CONNECTIONS",
 ];
 
 /// Variables that are not pgwarden's configuration but must not get "did you mean" warnings.
@@ -264,6 +265,9 @@ pub(crate) fn load(
     });
     l.field(&mut cfg, "DB_POOL_MIN", parse_count, |c, v| {
         c.pool.min_idle = v
+    });
+    l.field(&mut cfg, "DB_PIPELINE_CONNECTIONS", parse_count, |c, v| {
+        c.pool.pipeline_connections = v
     });
     l.field(&mut cfg, "DB_CONNECT_TIMEOUT", parse_duration, |c, v| {
         c.pool.connect_timeout = v

@@ -208,4 +208,6 @@ mod tests;
 #[cfg(test)]
 mod tests_clamp;
 #[cfg(test)]
+mod tests_lane;
+#[cfg(test)]
 mod tests_problems;

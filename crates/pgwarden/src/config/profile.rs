@@ -129,6 +129,15 @@ pub(crate) const MIN_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 pub(crate) const DEFAULT_LEAK_DETECTION_THRESHOLD: Duration = Duration::ZERO;
 /// The shortest accepted non-zero `DB_LEAK_DETECTION_THRESHOLD`: 100 ms.
 pub(crate) const MIN_LEAK_DETECTION_THRESHOLD: Duration = Duration::from_millis(100);
+/// Default `DB_PIPELINE_CONNECTIONS` in development.
+pub(crate) const DEV_PIPELINE_CONNECTIONS: u32 = 0;
+/// Default `DB_PIPELINE_CONNECTIONS` in staging.
+pub(crate) const STAGING_PIPELINE_CONNECTIONS: u32 = 0;
+/// Default `DB_PIPELINE_CONNECTIONS` in production.
+pub(crate) const PRODUCTION_PIPELINE_CONNECTIONS: u32 = 0;
+/// The most accepted `DB_PIPELINE_CONNECTIONS`: a handful of shared connections carries the
+/// throughput of many more exclusive ones.
+pub(crate) const MAX_PIPELINE_CONNECTIONS: u32 = 64;
 /// Default `DB_APPLICATION_NAME` (every profile).
 pub(crate) const DEFAULT_APPLICATION_NAME: &str = "pgwarden";
 /// PostgreSQL truncates `application_name` to this many bytes (NAMEDATALEN - 1).
@@ -167,6 +176,12 @@ pub struct PoolConfig {
     /// failure is a connect failure. Default: none in every profile.
     #[serde(default)]
     pub connect_init_sql: Option<String>,
+    /// `DB_PIPELINE_CONNECTIONS`: connections of the pipelined lane, shared by many callers'
+    /// single statements; 0 = no lane. They are checked out of the primary pool, so they count
+    /// in `max_size` (which must stay above them), and the lane is off when the statement
+    /// cache is (`DB_STATEMENT_CACHE_SIZE=0`). Default: 0 in every profile.
+    #[serde(default)]
+    pub pipeline_connections: u32,
 }
 
 impl PoolConfig {
@@ -187,6 +202,11 @@ impl PoolConfig {
             application_name: DEFAULT_APPLICATION_NAME.to_string(),
             leak_detection_threshold: DEFAULT_LEAK_DETECTION_THRESHOLD,
             connect_init_sql: None,
+            pipeline_connections: match profile {
+                Profile::Development => DEV_PIPELINE_CONNECTIONS,
+                Profile::Staging => STAGING_PIPELINE_CONNECTIONS,
+                Profile::Production => PRODUCTION_PIPELINE_CONNECTIONS,
+            },
         }
     }
 }

@@ -64,6 +64,7 @@ fn every_variable_is_parsed_into_the_config() {
             "postgres://app:pw@replica:5434/app?target_session_attrs=standby",
         ),
         ("DB_READ_MAX_LAG", "4 MB"),
+        ("DB_PIPELINE_CONNECTIONS", "3"),
     ]);
     assert_eq!(c.profile, Profile::Staging);
     assert_eq!(c.read_url.as_ref().unwrap().hosts(), ["replica"]);
@@ -84,6 +85,7 @@ fn every_variable_is_parsed_into_the_config() {
             application_name: "orders-api".into(),
             leak_detection_threshold: ms(30_000),
             connect_init_sql: Some("SET TIME ZONE 'UTC'".into()),
+            pipeline_connections: 3,
         }
     );
     assert_eq!(

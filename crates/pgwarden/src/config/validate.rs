@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use super::parse::format_duration;
 use super::{
-    Config, ConfigError, DbTarget, Problem, MAX_APPLICATION_NAME_BYTES, MIN_HEALTH_CHECK_INTERVAL,
-    MIN_LEAK_DETECTION_THRESHOLD,
+    Config, ConfigError, DbTarget, Problem, MAX_APPLICATION_NAME_BYTES, MAX_PIPELINE_CONNECTIONS,
+    MIN_HEALTH_CHECK_INTERVAL, MIN_LEAK_DETECTION_THRESHOLD,
 };
 
 impl Config {
@@ -59,6 +59,26 @@ impl Config {
                 format!(
                     "set DB_POOL_MIN to at most {} or raise DB_POOL_MAX",
                     pool.max_size
+                ),
+            );
+        }
+        let lane = pool.pipeline_connections;
+        if lane > MAX_PIPELINE_CONNECTIONS {
+            push(
+                "DB_PIPELINE_CONNECTIONS",
+                format!("DB_PIPELINE_CONNECTIONS ({lane}) is above {MAX_PIPELINE_CONNECTIONS}: a few shared connections carry the load of many"),
+                "set DB_PIPELINE_CONNECTIONS between 0 (no lane) and 4 or so".into(),
+            );
+        } else if lane > 0 && pool.max_size > 0 && lane >= pool.max_size {
+            push(
+                "DB_PIPELINE_CONNECTIONS",
+                format!(
+                    "DB_PIPELINE_CONNECTIONS ({lane}) is not below DB_POOL_MAX ({}): the lane's connections are taken from the primary pool, leaving none for transactions and get()",
+                    pool.max_size
+                ),
+                format!(
+                    "set DB_PIPELINE_CONNECTIONS to at most {} or raise DB_POOL_MAX",
+                    pool.max_size.saturating_sub(1)
                 ),
             );
         }

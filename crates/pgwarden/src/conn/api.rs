@@ -110,7 +110,7 @@ pub(super) fn statement_error(e: tokio_postgres::Error) -> crate::Error {
 
 /// The only row, or a [`crate::Error::RowCount`].
 #[allow(clippy::result_large_err)] // private helpers; the public calls are async
-pub(super) fn exactly_one(mut rows: Vec<Row>) -> Result<Row, crate::Error> {
+pub(crate) fn exactly_one(mut rows: Vec<Row>) -> Result<Row, crate::Error> {
     match rows.len() {
         1 => Ok(rows.pop().expect("one row")),
         got => Err(crate::Error::RowCount {
@@ -122,7 +122,7 @@ pub(super) fn exactly_one(mut rows: Vec<Row>) -> Result<Row, crate::Error> {
 
 /// No row or the only one, or a [`crate::Error::RowCount`].
 #[allow(clippy::result_large_err)] // private helpers; the public calls are async
-pub(super) fn at_most_one(mut rows: Vec<Row>) -> Result<Option<Row>, crate::Error> {
+pub(crate) fn at_most_one(mut rows: Vec<Row>) -> Result<Option<Row>, crate::Error> {
     match rows.len() {
         0 => Ok(None),
         1 => Ok(rows.pop()),

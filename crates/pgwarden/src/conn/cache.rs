@@ -14,7 +14,7 @@ use crate::statements::StatementCache;
 /// A cached statement the server no longer honours: 0A000 "cached plan must not change result
 /// type" after a schema change, or 26000 "prepared statement … does not exist" after a
 /// `DISCARD ALL` / `DEALLOCATE` the cache did not see. Either way the execution did nothing.
-fn is_stale_statement(e: &tokio_postgres::Error) -> bool {
+pub(crate) fn is_stale_statement(e: &tokio_postgres::Error) -> bool {
     e.code().is_some_and(|c| c.code() == "26000")
         || e.as_db_error().is_some_and(|db| {
             db.code().code() == "0A000"
@@ -32,6 +32,11 @@ impl PgConn {
     /// Statements in this connection's cache.
     pub fn cached_statements(&self) -> usize {
         self.cache().len()
+    }
+
+    /// Drops `sql`'s statement from the cache (the server no longer honours it).
+    pub(crate) fn forget_statement(&self, sql: &str) {
+        drop(self.cache().remove(sql));
     }
 
     /// The prepared statement for `sql`, from the cache or prepared (and cached) now.

@@ -29,10 +29,12 @@ use tokio_postgres::{Client, Statement};
 use crate::statements::StatementCache;
 use crate::tls::MakeRustls;
 
+pub(crate) use api::{at_most_one, exactly_one};
+pub(crate) use cache::is_stale_statement;
 pub(crate) use cancel::CancelTarget;
 use cancel::Canceller;
-pub(crate) use sniff::first_keyword;
 pub use sniff::Sql;
+pub(crate) use sniff::{first_keyword, pins_session};
 pub use transaction::PgTransaction;
 
 /// A connection handed out by a [`crate::Pool`] of [`crate::PgConnector`]. Its statement
@@ -93,6 +95,12 @@ impl PgConn {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.client.is_closed()
+    }
+
+    /// The client, shared by the pipelined lane's callers. Not marked raw: a lane connection
+    /// is never handed out again (it is closed when the lane lets it go).
+    pub(crate) fn shared_client(&self) -> &Client {
+        &self.client
     }
 
     /// The cheapest round trip (a Sync message).

@@ -66,9 +66,106 @@ pub(super) fn is_transaction_control(sql: &str) -> bool {
     .any(|k| word.eq_ignore_ascii_case(k))
 }
 
+/// True when `sql` must run on a connection of its own: transaction control, or a statement
+/// that leaves state in the session (`SET`, `RESET`, `LISTEN`, `UNLISTEN`, `PREPARE`,
+/// `DEALLOCATE`, `DECLARE`, cursors, `DISCARD`, `LOAD`, `COPY`, temporary tables, `DO` and
+/// `CALL` — which run arbitrary code). The pipelined lane serves everything else.
+///
+/// Text only: session effects hidden inside a statement (`SELECT set_config('x', 'y', false)`,
+/// `pg_advisory_lock`, a function that does either) cannot be seen; such calls should be
+/// marked `.exclusive()`.
+pub(crate) fn pins_session(sql: &str) -> bool {
+    if is_transaction_control(sql) {
+        return true;
+    }
+    let word = first_keyword(sql);
+    let pinned = [
+        "SET",
+        "RESET",
+        "LISTEN",
+        "UNLISTEN",
+        "NOTIFY",
+        "DEALLOCATE",
+        "DECLARE",
+        "FETCH",
+        "MOVE",
+        "CLOSE",
+        "DISCARD",
+        "LOAD",
+        "COPY",
+        "DO",
+        "CALL",
+        "LOCK",
+    ]
+    .iter()
+    .any(|k| word.eq_ignore_ascii_case(k));
+    pinned || mentions_temp_table(sql)
+}
+
+/// `CREATE TEMP|TEMPORARY [UNLOGGED] TABLE …`, `CREATE LOCAL TEMP …`, or `… INTO TEMP …`
+/// (`SELECT … INTO TEMPORARY t`): a table that lives as long as the session. Word-based, so a
+/// column or table merely named `temp` may send a statement to the exclusive path, which is
+/// always safe.
+fn mentions_temp_table(sql: &str) -> bool {
+    let mut prev = "";
+    for w in sql
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+    {
+        let temp = w.eq_ignore_ascii_case("TEMP") || w.eq_ignore_ascii_case("TEMPORARY");
+        if temp
+            && ["CREATE", "LOCAL", "GLOBAL", "INTO"]
+                .iter()
+                .any(|k| prev.eq_ignore_ascii_case(k))
+        {
+            return true;
+        }
+        prev = w;
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_state_pins_a_statement_to_its_own_connection() {
+        for sql in [
+            "BEGIN",
+            "set search_path = x",
+            "SET LOCAL statement_timeout = 5",
+            "  reset all",
+            "LISTEN chan",
+            "unlisten *",
+            "PREPARE p AS SELECT 1",
+            "DEALLOCATE ALL",
+            "declare c cursor for select 1",
+            "DISCARD ALL",
+            "CREATE TEMP TABLE t (x int)",
+            "create temporary table t (x int)",
+            "CREATE LOCAL TEMPORARY TABLE t (x int)",
+            "create global temp table t (x int)",
+            "SELECT 1 AS x INTO TEMP t",
+            "/* c */ DO $$ BEGIN END $$",
+            "CALL p()",
+            "COPY t FROM STDIN",
+        ] {
+            assert!(pins_session(sql), "{sql}");
+        }
+        for sql in [
+            "SELECT 1",
+            "SELECT set_config('a.b', 'c', false)",
+            "INSERT INTO settings (k) VALUES ('SET')",
+            "UPDATE t SET x = 1",
+            "SELECT temp FROM readings",
+            "CREATE TABLE temp (x int)",
+            "WITH x AS (SELECT 1) SELECT * FROM x",
+            "",
+        ] {
+            assert!(!pins_session(sql), "{sql}");
+        }
+    }
 
     #[test]
     fn transaction_control_is_recognised_past_blanks_and_comments() {

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
+use super::lane::Path;
 use super::route::{Marking, PoolId};
 use super::{ManagerOptions, PoolManager};
 use crate::conn::PgConn;
@@ -34,6 +35,10 @@ pub trait Op: sealed::Sealed + Send + Sync + 'static {
         sql: &'c str,
         params: Params<'c>,
     ) -> impl Future<Output = Result<Self::Out, Error>> + Send + 'c;
+    /// The result from the rows and row count a statement on the pipelined lane returned.
+    #[doc(hidden)]
+    #[allow(clippy::result_large_err)] // the call's own result type
+    fn from_lane(rows: Vec<Row>, count: u64) -> Result<Self::Out, Error>;
 }
 
 /// `query`: every row.
@@ -63,6 +68,9 @@ impl Op for Rows {
     ) -> Result<Vec<Row>, Error> {
         conn.query(sql, params).await.map_err(Error::query)
     }
+    fn from_lane(rows: Vec<Row>, _: u64) -> Result<Vec<Row>, Error> {
+        Ok(rows)
+    }
 }
 
 impl Op for One {
@@ -73,6 +81,9 @@ impl Op for One {
         params: Params<'c>,
     ) -> impl Future<Output = Result<Row, Error>> + Send + 'c {
         conn.query_one(sql, params)
+    }
+    fn from_lane(rows: Vec<Row>, _: u64) -> Result<Row, Error> {
+        crate::conn::exactly_one(rows)
     }
 }
 
@@ -85,12 +96,18 @@ impl Op for Opt {
     ) -> impl Future<Output = Result<Option<Row>, Error>> + Send + 'c {
         conn.query_opt(sql, params)
     }
+    fn from_lane(rows: Vec<Row>, _: u64) -> Result<Option<Row>, Error> {
+        crate::conn::at_most_one(rows)
+    }
 }
 
 impl Op for Exec {
     type Out = u64;
     async fn run<'c>(conn: &'c PgConn, sql: &'c str, params: Params<'c>) -> Result<u64, Error> {
         conn.execute(sql, params).await.map_err(Error::query)
+    }
+    fn from_lane(_: Vec<Row>, count: u64) -> Result<u64, Error> {
+        Ok(count)
     }
 }
 
@@ -109,6 +126,8 @@ pub struct Call<'a, O: Op> {
     timeout: Option<Duration>,
     /// `.retries(n)`: this call's retry attempts, instead of the manager's.
     retries: Option<u32>,
+    /// `.exclusive()` / `.pipelined()`: the path asked for.
+    path: Path,
     _op: PhantomData<O>,
 }
 
@@ -121,6 +140,7 @@ impl<'a, O: Op> Call<'a, O> {
             marking: Marking::Write,
             timeout: None,
             retries: None,
+            path: Path::Auto,
             _op: PhantomData,
         }
     }
@@ -190,6 +210,23 @@ impl<'a, O: Op> Call<'a, O> {
         self.retries = Some(n);
         self
     }
+
+    /// Run on a connection of its own, never on the pipelined lane
+    /// (`DB_PIPELINE_CONNECTIONS`). For a statement with session effects the SQL does not
+    /// show: `SELECT set_config('x', 'y', false)`, advisory locks, a function that does either.
+    pub fn exclusive(mut self) -> Self {
+        self.path = Path::Exclusive;
+        self
+    }
+
+    /// Run on the pipelined lane even when the SQL looks like it touches session state (a
+    /// `SET`, a temporary table …), when the caller knows it is harmless to share. Without a
+    /// lane, or with a per-call [`Call::timeout`] (the lane cannot cancel), the call still
+    /// takes the exclusive path.
+    pub fn pipelined(mut self) -> Self {
+        self.path = Path::Pipelined;
+        self
+    }
 }
 
 impl<'a, O: Op> IntoFuture for Call<'a, O> {
@@ -205,6 +242,7 @@ impl<'a, O: Op> IntoFuture for Call<'a, O> {
             PerCall {
                 timeout: self.timeout,
                 retries: self.retries,
+                path: self.path,
             },
         ))
     }
@@ -302,7 +340,21 @@ async fn run<O: Op>(
     let mut retrying = Retrying::with_attempts(db, sql, attempts);
     loop {
         let (n, deadline) = (retrying.attempt(), retrying.deadline());
-        let outcome = attempt::<O>(db, sql, params, marking, per_call.timeout, n, deadline).await;
+        // The one dispatch point between the pipelined lane and the exclusive path (boxed: the
+        // lane's future must not weigh on every exclusive call's).
+        let laned = match super::lane::route(db, sql, marking, per_call.path, per_call.timeout, n) {
+            Some(lane) => {
+                Box::pin(super::lane::attempt::<O>(
+                    db, lane, sql, params, marking, deadline,
+                ))
+                .await
+            }
+            None => None,
+        };
+        let outcome = match laned {
+            Some(o) => o,
+            None => attempt::<O>(db, sql, params, marking, per_call.timeout, n, deadline).await,
+        };
         if let Some(result) = retrying.next(outcome).await {
             return result;
         }
@@ -316,6 +368,7 @@ pub(super) type AttemptResult<T> = Result<T, (Error, Verdict)>;
 struct PerCall {
     timeout: Option<Duration>,
     retries: Option<u32>,
+    path: Path,
 }
 
 /// A connection for attempt `n` from the pool the router picks; failing to get one is worth

@@ -5,6 +5,7 @@
 mod call;
 mod client;
 mod copy;
+mod lane;
 mod read;
 pub mod route;
 mod router;
@@ -59,6 +60,14 @@ pub struct ManagerOptions {
     pub health_check_interval: Option<Duration>,
     /// Where the health grades change. Default: DESIGN.md's table.
     pub health_thresholds: HealthThresholds,
+    /// `DB_PIPELINE_CONNECTIONS`: connections of the pipelined lane, checked out of the
+    /// primary pool and shared by single-statement calls; 0 = no lane. Ignored when the
+    /// statement cache is off (size 0, for PgBouncer): see [`crate::config::QueryConfig`].
+    /// Default: the development profile's.
+    pub pipeline_connections: u32,
+    /// The bound on statements in flight per lane connection; a call finding every lane
+    /// connection full waits for room (a stall, counted). Default: 256.
+    pub pipeline_max_in_flight: u32,
 }
 
 impl Default for ManagerOptions {
@@ -80,12 +89,19 @@ impl Default for ManagerOptions {
                     .interval,
             ),
             health_thresholds: HealthThresholds::default(),
+            pipeline_connections: crate::config::PoolConfig::for_profile(p).pipeline_connections,
+            pipeline_max_in_flight: DEFAULT_PIPELINE_MAX_IN_FLIGHT,
         }
     }
 }
 
+/// Default [`ManagerOptions::pipeline_max_in_flight`].
+pub(crate) const DEFAULT_PIPELINE_MAX_IN_FLIGHT: u32 = 256;
+
 struct Shared {
     router: Arc<Router>,
+    /// The pipelined lane (`DB_PIPELINE_CONNECTIONS` > 0, statement cache on).
+    lane: Option<Arc<crate::lane::Lane>>,
     opts: ManagerOptions,
     stats: QueryStats,
     /// The health checker (which also probes roles), aborted with the manager.
@@ -219,6 +235,7 @@ impl PoolManager {
         } else {
             1
         };
+        let lane = lane_for(&primary, &opts);
         let mut router = Router::new(primary, failover, same, threshold, probe_timeout);
         if let Some(r) = read {
             router = router.with_read_pool(r.pool, r.max_lag_bytes);
@@ -228,6 +245,7 @@ impl PoolManager {
         let db = Self {
             inner: Arc::new(Shared {
                 router,
+                lane,
                 opts,
                 stats: QueryStats::new(pools),
                 checker: std::sync::Mutex::new(None),
@@ -355,8 +373,28 @@ impl PoolManager {
         &self.inner.opts
     }
 
+    /// The pipelined lane's figures (all zero when there is no lane).
+    pub fn lane_stats(&self) -> crate::lane::LaneStats {
+        self.inner
+            .lane
+            .as_ref()
+            .map(|l| l.stats())
+            .unwrap_or_default()
+    }
+
+    /// Opens the pipelined lane's connections now, each bounded by the acquire timeout
+    /// (otherwise they open on the first calls, which meanwhile take the exclusive path).
+    pub async fn prewarm_lane(&self) {
+        if let Some(lane) = &self.inner.lane {
+            lane.prewarm().await;
+        }
+    }
+
     /// Shuts down: see [`Pool::close`]. The health checker stops.
     pub async fn close(&self, grace: Duration) {
+        if let Some(lane) = &self.inner.lane {
+            lane.close();
+        }
         if let Some(h) = self
             .inner
             .checker
@@ -427,14 +465,15 @@ impl PoolManager {
     /// The metrics at this moment (see [`Snapshot`]; serialize it for dashboards).
     pub fn metrics(&self) -> Snapshot {
         let (pools, fig) = self.inputs();
-        let mut s = crate::metrics::build(
+        let mut snapshot = crate::metrics::build(
             &pools,
             &fig,
             self.failover_snapshot(),
             &self.inner.opts.health_thresholds,
         );
-        s.read = self.inner.router.read_stats();
-        s
+        snapshot.read = self.inner.router.read_stats();
+        snapshot.lane = self.lane_stats();
+        snapshot
     }
 
     /// The status block:
@@ -464,6 +503,7 @@ impl PoolManager {
             &self.inner.opts.health_thresholds,
         );
         snapshot.read = self.inner.router.read_stats();
+        snapshot.lane = self.lane_stats();
         let names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
         crate::metrics::prometheus_text(&snapshot, &fig, &names)
     }
@@ -480,4 +520,39 @@ impl PoolManager {
     pub fn set_metrics_recording(&self, on: bool) {
         self.inner.stats.recorder.set_enabled(on);
     }
+}
+
+/// The lane `opts` ask for over `primary`. None with the statement cache off: that mode is for
+/// PgBouncer in transaction mode, where a session's `statement_timeout` (the lane's only time
+/// limit) does not hold and statements of one connection may reach different servers.
+fn lane_for(primary: &Pool<PgConnector>, opts: &ManagerOptions) -> Option<Arc<crate::lane::Lane>> {
+    if opts.pipeline_connections == 0 {
+        return None;
+    }
+    if primary.connector().options().statement_cache_size == 0 {
+        tracing::warn!(
+            "DB_PIPELINE_CONNECTIONS is ignored: the statement cache is off (DB_STATEMENT_CACHE_SIZE=0, PgBouncer mode), and the lane needs a server session of its own"
+        );
+        return None;
+    }
+    // The lane's connections are the primary pool's: leave the exclusive path at least one.
+    let max = primary.options().max_size;
+    let connections = opts.pipeline_connections.min(max.saturating_sub(1));
+    if connections < opts.pipeline_connections {
+        tracing::warn!(
+            asked = opts.pipeline_connections,
+            connections,
+            pool_max = max,
+            "the pipelined lane is cut to leave the primary pool a connection of its own"
+        );
+    }
+    if connections == 0 {
+        return None;
+    }
+    Some(crate::lane::Lane::new(
+        primary.clone(),
+        connections,
+        opts.pipeline_max_in_flight,
+        opts.query_timeout,
+    ))
 }

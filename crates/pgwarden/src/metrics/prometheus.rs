@@ -289,6 +289,42 @@ pub(crate) fn render(s: &Snapshot, fig: &Figures, pool_names: &[&str]) -> String
         s.failover.activations as f64,
     );
     super::read::prometheus(&mut o, &s.read);
+    let lane = &s.lane;
+    for (name, kind, help, v) in [
+        (
+            "pgwarden_lane_connections",
+            "gauge",
+            "Open connections of the pipelined lane (DB_PIPELINE_CONNECTIONS).",
+            f64::from(lane.connections),
+        ),
+        (
+            "pgwarden_lane_in_flight",
+            "gauge",
+            "Statements in flight on the pipelined lane.",
+            f64::from(lane.in_flight),
+        ),
+        (
+            "pgwarden_lane_statements_total",
+            "counter",
+            "Statements the pipelined lane served.",
+            lane.served as f64,
+        ),
+        (
+            "pgwarden_lane_stalls_total",
+            "counter",
+            "Calls that waited for room on a full pipelined lane.",
+            lane.stalls as f64,
+        ),
+        (
+            "pgwarden_lane_connections_lost_total",
+            "counter",
+            "Pipelined lane connections lost under their statements.",
+            lane.lost as f64,
+        ),
+    ] {
+        o.head(name, kind, help);
+        o.sample(name, &[], v);
+    }
     o.0
 }
 

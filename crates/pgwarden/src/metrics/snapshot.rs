@@ -277,6 +277,10 @@ pub struct Snapshot {
     pub read: super::ReadSnapshot,
     /// Health grade of the last minute.
     pub health: HealthSnapshot,
+    /// The pipelined lane (`DB_PIPELINE_CONNECTIONS`): connections, statements in flight,
+    /// served, stalls. All 0 without a lane. Its connections are checkouts of the primary
+    /// pool, so they also count in that pool's `active`.
+    pub lane: crate::lane::LaneStats,
 }
 
 /// What the snapshot needs to know of one pool.
@@ -404,6 +408,7 @@ pub(crate) fn build(
         // The manager fills it in: the router holds read routing's figures.
         read: super::ReadSnapshot::default(),
         health: health::grade(&window, thresholds),
+        lane: crate::lane::LaneStats::default(),
     }
 }
 

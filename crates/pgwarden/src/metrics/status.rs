@@ -70,6 +70,14 @@ pub(crate) fn render(s: &Snapshot) -> String {
     if let Some(line) = super::read::status_line(&s.read) {
         let _ = write!(out, "\n{line}");
     }
+    let lane = &s.lane;
+    if lane.configured > 0 {
+        let _ = write!(
+            out,
+            "\n   Lane: {}/{} connections, {} in flight, {} served, {} stalls",
+            lane.connections, lane.configured, lane.in_flight, lane.served, lane.stalls
+        );
+    }
     out
 }
 

@@ -15,6 +15,7 @@ mod guide;
 mod hooks;
 mod hooks_pool;
 mod http;
+mod lane;
 mod leak;
 mod listen;
 mod manager;
