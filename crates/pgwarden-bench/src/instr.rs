@@ -11,7 +11,9 @@
 //! ```
 //!
 //! WHAT: `pool-pgwarden`, `pool-deadpool`, `pool-bb8` (uncontended get + drop of a dummy),
-//! `e2e-pgwarden`, `e2e-deadpool`, `e2e-raw` (`SELECT 1`, cached statement, one connection).
+//! `e2e-pgwarden`, `e2e-deadpool`, `e2e-raw` (`SELECT 1`, cached statement, one connection);
+//! `e2e-pgwarden-nometrics` is pgwarden with the recording of metrics off: the difference is
+//! what recording costs per call.
 
 use pgwarden::config::SslMode;
 use pgwarden::{ConnectOptions, ManagerOptions, PgConnector, Pool, PoolManager, PoolOptions};
@@ -22,11 +24,12 @@ use crate::poolonly;
 use crate::util::{err, AnyErr};
 
 /// What `--count` can run.
-pub(crate) const WHATS: [&str; 6] = [
+pub(crate) const WHATS: [&str; 7] = [
     "pool-pgwarden",
     "pool-deadpool",
     "pool-bb8",
     "e2e-pgwarden",
+    "e2e-pgwarden-nometrics",
     "e2e-deadpool",
     "e2e-raw",
 ];
@@ -81,12 +84,13 @@ async fn e2e(pg: &tokio_postgres::Config, lib: &str, n: u64) -> Result<(), AnyEr
     const SQL: &str = "SELECT 1";
     let mut sum = 0i64;
     match lib {
-        "pgwarden" => {
+        "pgwarden" | "pgwarden-nometrics" => {
             let connector =
                 PgConnector::new(pg, SslMode::Disable, None, ConnectOptions::default())?;
             let pool = Pool::new(connector, PoolOptions::sized(1, 1));
             pool.prewarm().await?;
             let db = PoolManager::new(pool, ManagerOptions::default());
+            db.set_metrics_recording(lib == "pgwarden");
             mark();
             for _ in 0..n {
                 let row = db.query_one(SQL, &[]).await?;
