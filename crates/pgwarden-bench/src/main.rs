@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p pgwarden-bench            # regenerates docs/BENCHMARKS.md + JSON
 //! cargo run --release -p pgwarden-bench -- --quick # a short run, written to target/
+//! cargo run --release -p pgwarden-bench -- --count e2e-pgwarden 2000 # for callgrind (instr.rs)
 //! ```
 //!
 //! One process, one throwaway PostgreSQL server (loopback TCP), every library measured in the
@@ -26,6 +27,7 @@
 
 mod conns;
 mod e2e;
+mod instr;
 mod poolonly;
 mod report;
 mod util;
@@ -85,7 +87,7 @@ fn json_path(md: &Path) -> PathBuf {
     }
 }
 
-const USAGE: &str = "options: --quick --rounds N --seed N --only SUBSTR[,SUBSTR...] --out PATH.md";
+const USAGE: &str = "options: --quick --rounds N --seed N --only SUBSTR[,SUBSTR...] --out PATH.md; or --count WHAT N (instruction counts, see src/instr.rs)";
 
 fn parse_args() -> Result<Args, AnyErr> {
     let seed = std::time::SystemTime::now()
@@ -162,6 +164,13 @@ fn parse_args() -> Result<Args, AnyErr> {
 }
 
 fn main() -> Result<(), AnyErr> {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.first().is_some_and(|a| a == "--count") {
+        let (Some(what), Some(n)) = (raw.get(1), raw.get(2)) else {
+            return Err(format!("--count WHAT N (WHAT: {:?})", instr::WHATS).into());
+        };
+        return instr::main(what, n.parse()?);
+    }
     let args = parse_args()?;
     let load_before = report::loadavg();
     let server = PgServer::start()?;

@@ -142,9 +142,9 @@ impl bb8::ManageConnection for DummyBb8 {
 
 /// The three pools, each with all [`POOL_OBJECTS`] objects created.
 pub(crate) struct PoolEnv {
-    pgwarden: Pool<DummyConnector>,
-    deadpool: deadpool::managed::Pool<DummyManager>,
-    bb8: bb8::Pool<DummyBb8>,
+    pub(crate) pgwarden: Pool<DummyConnector>,
+    pub(crate) deadpool: deadpool::managed::Pool<DummyManager>,
+    pub(crate) bb8: bb8::Pool<DummyBb8>,
 }
 
 pub(crate) async fn setup() -> Result<PoolEnv, AnyErr> {

@@ -12,7 +12,11 @@ mod api;
 mod cache;
 mod cancel;
 mod cleanliness;
+
 mod copy;
+
+mod deadline;
+
 mod init;
 mod sniff;
 mod stream;
@@ -56,6 +60,8 @@ pub struct PgConn {
     executing: AtomicBool,
     /// Used in ways the pool cannot see through: reset before reuse.
     raw: AtomicBool,
+    /// The query timeout's timer, kept from one statement to the next.
+    timer: deadline::StatementTimer,
 }
 
 impl std::fmt::Debug for PgConn {
@@ -90,6 +96,7 @@ impl PgConn {
             in_tx: AtomicBool::new(false),
             executing: AtomicBool::new(false),
             raw: AtomicBool::new(false),
+            timer: deadline::StatementTimer::default(),
         }
     }
 

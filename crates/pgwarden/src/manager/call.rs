@@ -277,6 +277,15 @@ impl<'a> Retrying<'a> {
         }
     }
 
+    /// As [`Retrying::with_attempts`] for a call begun at `started` whose first attempt was
+    /// made: the next is the second.
+    fn resumed(db: &'a PoolManager, what: &'a str, attempts: u32, started: Instant) -> Self {
+        let mut r = Self::with_attempts(db, what, attempts);
+        r.started = started;
+        r.first = false;
+        r
+    }
+
     /// The next attempt's number: 1 for the first.
     pub(super) fn attempt(&self) -> u32 {
         self.clock.retries() + 1
@@ -328,7 +337,11 @@ impl<'a> Retrying<'a> {
     }
 }
 
-/// The retry loop of one call.
+/// One call: the first attempt inline, the retry loop (rare) boxed apart so that its state
+/// does not weigh on every call's future. The clock is read twice per call on this path: the
+/// acquire's reading (the call's start, the statement's start, the acquire deadline and the
+/// query timeout all count from it) and one when the statement ends (its duration, the call's,
+/// the metrics and the connection's release).
 async fn run<O: Op>(
     db: &PoolManager,
     sql: &str,
@@ -336,29 +349,107 @@ async fn run<O: Op>(
     marking: Marking,
     per_call: PerCall,
 ) -> Result<O::Out, Error> {
-    let attempts = per_call.retries.unwrap_or(db.inner.opts.retry_attempts);
-    let mut retrying = Retrying::with_attempts(db, sql, attempts);
-    loop {
-        let (n, deadline) = (retrying.attempt(), retrying.deadline());
-        // The one dispatch point between the pipelined lane and the exclusive path (boxed: the
-        // lane's future must not weigh on every exclusive call's).
-        let laned = match super::lane::route(db, sql, marking, per_call.path, per_call.timeout, n) {
-            Some(lane) => {
-                Box::pin(super::lane::attempt::<O>(
-                    db, lane, sql, params, marking, deadline,
-                ))
-                .await
-            }
-            None => None,
-        };
-        let outcome = match laned {
-            Some(o) => o,
-            None => attempt::<O>(db, sql, params, marking, per_call.timeout, n, deadline).await,
-        };
-        if let Some(result) = retrying.next(outcome).await {
+    // The one dispatch point between the pipelined lane and the exclusive path (boxed: the
+    // lane's future must not weigh on every exclusive call's).
+    if let Some(lane) = super::lane::route(db, sql, marking, per_call.path, per_call.timeout, 1) {
+        let laned = lane_first::<O>(db, lane, sql, params, marking, per_call);
+        if let Some(result) = Box::pin(laned).await {
             return result;
         }
     }
+    let first = attempt::<O>(db, sql, params, marking, per_call.timeout, 1, None).await;
+    let result = match first.outcome {
+        Ok(v) => Ok(v),
+        // No verdict but `Retry` may lead to another attempt (see `Retrying::next`).
+        Err((e, v)) if v != Verdict::Retry => Err(e),
+        Err(failed) => {
+            db.inner.stats.acquire(first.pool, first.waited);
+            let again = retry::<O>(db, sql, params, marking, per_call, first.started, failed);
+            return Box::pin(again).await;
+        }
+    };
+    let elapsed = first.ended.saturating_duration_since(first.started);
+    db.inner
+        .stats
+        .one_attempt(first.ended, elapsed, &result, first.pool, first.waited);
+    result
+}
+
+/// A call's first attempt on the pipelined lane, and its retries; `None` when the lane could
+/// not take it (the exclusive path serves it).
+async fn lane_first<O: Op>(
+    db: &PoolManager,
+    lane: &std::sync::Arc<crate::lane::Lane>,
+    sql: &str,
+    params: Params<'_>,
+    marking: Marking,
+    per_call: PerCall,
+) -> Option<Result<O::Out, Error>> {
+    let started = Instant::now();
+    let deadline = started + db.pool().options().acquire_timeout;
+    let outcome = super::lane::attempt::<O>(db, lane, sql, params, marking, deadline).await?;
+    let result = match outcome {
+        Ok(v) => Ok(v),
+        Err((e, v)) if v != Verdict::Retry => Err(e),
+        Err(failed) => {
+            return Some(retry::<O>(db, sql, params, marking, per_call, started, failed).await)
+        }
+    };
+    db.inner.stats.call(started.elapsed(), &result);
+    Some(result)
+}
+
+/// The retry loop of a call whose first attempt, begun at `started`, failed with `failed`.
+async fn retry<O: Op>(
+    db: &PoolManager,
+    sql: &str,
+    params: Params<'_>,
+    marking: Marking,
+    per_call: PerCall,
+    started: Instant,
+    failed: (Error, Verdict),
+) -> Result<O::Out, Error> {
+    let attempts = per_call.retries.unwrap_or(db.inner.opts.retry_attempts);
+    let mut retrying = Retrying::resumed(db, sql, attempts, started);
+    let mut outcome = Err(failed);
+    loop {
+        if let Some(result) = retrying.next(outcome).await {
+            return result;
+        }
+        let (n, deadline) = (retrying.attempt(), retrying.deadline());
+        if let Some(lane) = super::lane::route(db, sql, marking, per_call.path, per_call.timeout, n)
+        {
+            let laned = super::lane::attempt::<O>(db, lane, sql, params, marking, deadline);
+            if let Some(o) = Box::pin(laned).await {
+                outcome = o;
+                continue;
+            }
+        }
+        let t = attempt::<O>(
+            db,
+            sql,
+            params,
+            marking,
+            per_call.timeout,
+            n,
+            Some(deadline),
+        )
+        .await;
+        db.inner.stats.acquire(t.pool, t.waited);
+        outcome = t.outcome;
+    }
+}
+
+/// One attempt's outcome with its clock readings.
+struct Attempted<T> {
+    outcome: AttemptResult<T>,
+    /// The acquire's first reading.
+    started: Instant,
+    /// A reading taken when the attempt ended.
+    ended: Instant,
+    /// The pool asked (its index) and the time spent waiting for it.
+    pool: usize,
+    waited: Duration,
 }
 
 pub(super) type AttemptResult<T> = Result<T, (Error, Verdict)>;
@@ -421,6 +512,7 @@ pub(super) async fn refused_as_read_only(
 pub(super) const READ_ONLY_SQL_TRANSACTION: &str = "25006";
 
 /// One attempt: a connection, the statement under the query timeout, and the verdict.
+/// `deadline` `None`: the acquire timeout from the acquire's first reading.
 async fn attempt<O: Op>(
     db: &PoolManager,
     sql: &str,
@@ -428,28 +520,64 @@ async fn attempt<O: Op>(
     marking: Marking,
     timeout: Option<Duration>,
     n: u32,
-    deadline: Instant,
-) -> AttemptResult<O::Out> {
-    let (conn, id) = checkout(db, deadline, n, marking).await?;
+    deadline: Option<Instant>,
+) -> Attempted<O::Out> {
+    let router = &db.inner.router;
+    let id = router.pick(n, marking);
+    let (conn, started, now) = match router.pool(id).get_timed(deadline).await {
+        Ok(t) => {
+            router.note_reachable(id, true);
+            (t.conn, t.started, t.now)
+        }
+        Err((e, started)) => {
+            // The failure path reads the clock; it did not wait when it has no reading.
+            let ended = Instant::now();
+            let started = started.unwrap_or(ended);
+            if e.connect_error().is_some() {
+                router.note_reachable(id, false);
+            }
+            let v = acquire_verdict(&e, router.has_alternative(id, marking));
+            return Attempted {
+                outcome: Err((Error::Acquire(e), v)),
+                started,
+                ended,
+                pool: id.index(),
+                waited: ended.saturating_duration_since(started),
+            };
+        }
+    };
     let idempotent = marking.idempotent();
-    let started = Instant::now();
     let (result, discard) = {
         // Pinned here, not moved into `bounded`: the statement's future is stored once.
         let fut = std::pin::pin!(O::run(&conn, sql, params));
         let opts = &db.inner.opts;
         let limit = timeout.unwrap_or(opts.query_timeout);
         let ctx = Ctx::autocommit(idempotent, sql);
-        bounded_for(opts, limit, &conn, fut, ctx, started).await
+        // The query timeout counts from the checkout's reading: never later than the start.
+        bounded_for(opts, limit, &conn, fut, ctx, now).await
     };
-    db.inner
-        .stats
-        .statement(sql, started.elapsed(), &db.inner.opts);
+    let ended = Instant::now();
+    db.inner.stats.statement_at(
+        ended,
+        sql,
+        ended.saturating_duration_since(now),
+        &db.inner.opts,
+    );
     if discard {
         PooledConnection::discard(conn);
+    } else {
+        PooledConnection::release_at(conn, ended);
     }
-    match result {
+    let outcome = match result {
         Err((e, _)) if refused_as_read_only(db, id, marking, &e).await => Err((e, Verdict::Retry)),
         r => r,
+    };
+    Attempted {
+        outcome,
+        started,
+        ended,
+        pool: id.index(),
+        waited: now.saturating_duration_since(started),
     }
 }
 
@@ -520,9 +648,9 @@ where
     F: Future<Output = Result<T, Error>>,
 {
     let until = started + query_timeout;
-    match tokio::time::timeout_at(until, fut.as_mut()).await {
-        Ok(r) => return (r.map_err(|e| classify_error(e, conn, ctx)), false),
-        Err(_elapsed) => {}
+    // On the connection's timer, not `tokio::time::timeout_at`: no timer entry per statement.
+    if let Some(r) = conn.within(until, fut.as_mut()).await {
+        return (r.map_err(|e| classify_error(e, conn, ctx)), false);
     }
     let timeout_err = |ended: bool| Error::QueryTimeout {
         after: query_timeout,

@@ -76,7 +76,10 @@ pub(super) async fn attempt<O: Op>(
     let until = started + opts.query_timeout + opts.cancel_grace;
     let outcome = tokio::time::timeout_at(until, run(&entered.conn, sql, params, &executed)).await;
     lane.served();
-    db.inner.stats.statement(sql, started.elapsed(), opts);
+    let ended = Instant::now();
+    db.inner
+        .stats
+        .statement_at(ended, sql, ended.saturating_duration_since(started), opts);
     let executed = executed.load(Relaxed);
     let e = match outcome {
         Ok(Ok((rows, count))) => {

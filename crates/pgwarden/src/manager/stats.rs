@@ -30,14 +30,22 @@ impl QueryStats {
 
     /// One call, retries included, counted once.
     pub(crate) fn call<T>(&self, elapsed: Duration, result: &Result<T, Error>) {
-        let outcome = match result {
-            Ok(_) => Outcome::Ok,
-            Err(e) => Outcome::Failed {
-                class: error_class(e),
-                unknown: e.outcome_unknown(),
-            },
-        };
-        self.recorder.call(Instant::now(), elapsed, outcome);
+        self.recorder
+            .call(Instant::now(), elapsed, outcome_of(result));
+    }
+
+    /// A call that made one attempt, with that attempt's acquire from pool `pool`; `now` is a
+    /// reading taken as it ended.
+    pub(crate) fn one_attempt<T>(
+        &self,
+        now: Instant,
+        elapsed: Duration,
+        result: &Result<T, Error>,
+        pool: usize,
+        waited: Duration,
+    ) {
+        self.recorder
+            .call_after_acquire(now, elapsed, outcome_of(result), pool, waited);
     }
 
     /// One acquire from pool `pool`, however it ended.
@@ -47,9 +55,16 @@ impl QueryStats {
 
     /// One statement execution: slow ones are counted and logged with their SQL text and
     /// duration — never their parameter values.
-    pub(crate) fn statement(&self, sql: &str, elapsed: Duration, opts: &ManagerOptions) {
+    /// `now` is the caller's reading of when it ended.
+    pub(crate) fn statement_at(
+        &self,
+        now: Instant,
+        sql: &str,
+        elapsed: Duration,
+        opts: &ManagerOptions,
+    ) {
         if elapsed > opts.slow_query_threshold {
-            self.recorder.slow(Instant::now());
+            self.recorder.slow(now);
             tracing::warn!(
                 sql,
                 duration_ms = elapsed.as_secs_f64() * 1e3,
@@ -57,6 +72,16 @@ impl QueryStats {
                 "slow query"
             );
         }
+    }
+}
+
+fn outcome_of<T>(result: &Result<T, Error>) -> Outcome {
+    match result {
+        Ok(_) => Outcome::Ok,
+        Err(e) => Outcome::Failed {
+            class: error_class(e),
+            unknown: e.outcome_unknown(),
+        },
     }
 }
 

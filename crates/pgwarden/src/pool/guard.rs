@@ -56,6 +56,17 @@ impl<C: Connector> PooledConnection<C> {
         this.poisoned = Some(CloseReason::Dirty);
     }
 
+    /// Returns the connection now, `now` being a clock reading taken after its last use (the
+    /// caller's, so that the release needs none of its own).
+    pub(crate) fn release_at(mut this: Self, now: Instant) {
+        if let Some(slot) = this.slot.take() {
+            if let Some(w) = this.leak.take() {
+                w.returned(&this.pool.opts.name, slot.id);
+            }
+            this.pool.release_at(slot, this.poisoned, now);
+        }
+    }
+
     /// The pool's id of this connection (stable for its lifetime, unique within the pool).
     pub fn id(this: &Self) -> u64 {
         this.slot().id
@@ -143,8 +154,30 @@ enum Step<T> {
 /// check's), a waited one two (plus the release's, on the other side).
 pub(super) async fn acquire<C: Connector>(
     inner: &Arc<Inner<C>>,
-    mut deadline: Option<Instant>,
+    deadline: Option<Instant>,
 ) -> Result<PooledConnection<C>, Error> {
+    acquire_timed(inner, deadline)
+        .await
+        .map(|t| t.conn)
+        .map_err(|(e, _)| e)
+}
+
+/// A checkout with the clock readings its acquire took, so that a caller timing around it
+/// needs no reading of its own.
+pub(crate) struct Timed<C: Connector> {
+    pub(crate) conn: PooledConnection<C>,
+    /// The acquire's first reading: when it began, as far as the wait time tells.
+    pub(crate) started: Instant,
+    /// Its last reading: when the connection was checked and handed out.
+    pub(crate) now: Instant,
+}
+
+/// [`acquire`] returning its readings; a failure carries its first reading when it took one
+/// (it did not when it failed at once, without waiting).
+pub(super) async fn acquire_timed<C: Connector>(
+    inner: &Arc<Inner<C>>,
+    mut deadline: Option<Instant>,
+) -> Result<Timed<C>, (Error, Option<Instant>)> {
     let timeout = inner.opts.acquire_timeout;
     // This acquire's first clock reading: when it began, as far as the wait time and a
     // timeout error tell.
@@ -198,7 +231,7 @@ pub(super) async fn acquire<C: Connector>(
         let slot = match step {
             Step::Fail(e) => {
                 Counters::inc(&inner.counters.acquires_failed);
-                return Err(e);
+                return Err((e, start));
             }
             Step::Got(slot) => slot,
             Step::Wait(id, rx, n, wake) => {
@@ -230,19 +263,19 @@ pub(super) async fn acquire<C: Connector>(
                         wait.settled = true;
                         wait.dequeued = true;
                         Counters::inc(&inner.counters.acquires_failed);
-                        return Err(Error::Connect(e));
+                        return Err((Error::Connect(e), Some(start)));
                     }
                     Ok(Handoff::Closed) | Err(_) => {
                         wait.settled = true;
                         wait.dequeued = true;
                         Counters::inc(&inner.counters.acquires_failed);
-                        return Err(Error::Closed);
+                        return Err((Error::Closed, Some(start)));
                     }
                     Ok(Handoff::TimedOut) => {
                         wait.settled = true;
                         wait.dequeued = true;
                         drop(wait);
-                        return Err(timed_out(inner, start));
+                        return Err((timed_out(inner, start), Some(start)));
                     }
                 }
             }
@@ -280,7 +313,8 @@ pub(super) async fn acquire<C: Connector>(
             front = true;
             let now = Instant::now();
             if now >= until {
-                return Err(timed_out(inner, start.unwrap_or(now)));
+                let start = start.unwrap_or(now);
+                return Err((timed_out(inner, start), Some(start)));
             }
             continue;
         }
@@ -296,7 +330,11 @@ pub(super) async fn acquire<C: Connector>(
         if guard.slot().used {
             Counters::inc(&c.reused);
         }
-        return Ok(guard);
+        return Ok(Timed {
+            conn: guard,
+            started: start.unwrap_or(now),
+            now,
+        });
     }
 }
 

@@ -390,6 +390,15 @@ impl<C: Connector> Pool<C> {
         guard::acquire(&self.inner, Some(deadline)).await
     }
 
+    /// Like [`Pool::get_until`] (`None`: the acquire timeout from the acquire's first clock
+    /// reading), also returning the acquire's readings, or its first reading with a failure.
+    pub(crate) async fn get_timed(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<guard::Timed<C>, (AcquireError, Option<Instant>)> {
+        guard::acquire_timed(&self.inner, deadline).await
+    }
+
     /// The pool at this moment.
     pub fn status(&self) -> Status {
         self.inner.status()

@@ -223,14 +223,19 @@ impl<C: Connector> Inner<C> {
     }
 
     /// Returns a checked-out connection. Synchronous and cheap: no I/O, no spawning.
-    pub(crate) fn release(
+    pub(crate) fn release(self: &Arc<Self>, slot: Box<Slot<C::Conn>>, forced: Option<CloseReason>) {
+        self.release_at(slot, forced, Instant::now());
+    }
+
+    /// [`Inner::release`] with the caller's clock reading, taken after the connection's last use.
+    pub(crate) fn release_at(
         self: &Arc<Self>,
         mut slot: Box<Slot<C::Conn>>,
         forced: Option<CloseReason>,
+        now: Instant,
     ) {
         let broken = forced.is_some() || self.connector.is_closed(&slot.conn);
         let dirty = !broken && self.connector.needs_reset(&slot.conn);
-        let now = Instant::now();
         let mut st = self.lock();
         st.in_use -= 1;
         let reason = if st.closed {
@@ -250,8 +255,23 @@ impl<C: Connector> Inner<C> {
         match reason {
             None => {
                 slot.used = true;
-                // The release's own reading: taken after the user let go.
-                self.deliver(&mut st, slot, now);
+                // The caller's reading: taken after the user let go.
+                slot.idle_since = now;
+                let Some(w) = st.waiters.pop_front() else {
+                    st.idle.push(slot);
+                    return;
+                };
+                st.in_use += 1;
+                // The hand-off wakes the waiter's task: done outside the lock, so that the
+                // other worker thread is not held up behind a wake (or a preempted waker).
+                // The waiter is off the queue but its guard may drop meanwhile: then the send
+                // fails and the connection goes to the next waiter, as `deliver` does.
+                drop(st);
+                if let Err(Handoff::Conn(back)) = w.tx.send(Handoff::Conn(slot)) {
+                    let mut st = self.lock();
+                    st.in_use -= 1;
+                    self.deliver(&mut st, back, now);
+                }
             }
             Some(reason) => {
                 let slot = self.retire(&mut st, slot, reason);

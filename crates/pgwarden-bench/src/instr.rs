@@ -1,0 +1,138 @@
+//! `--count WHAT N`: N operations of one library on one task of a current-thread runtime, for
+//! instruction counts under callgrind (this VM has no hardware counters). The measured loop
+//! lies between two calls of [`mark`], so callgrind can cut the profile there: the second part
+//! divided by N is the client's instructions per operation, the connection task and the
+//! runtime included, setup (and waiting for a server slot) excluded.
+//!
+//! ```text
+//! valgrind --tool=callgrind --dump-before='*instr::mark' --callgrind-out-file=cg.out \
+//!     target/release/pgwarden-bench --count e2e-pgwarden 3000
+//! grep ^totals: cg.out.2   # the loop's instructions
+//! ```
+//!
+//! WHAT: `pool-pgwarden`, `pool-deadpool`, `pool-bb8` (uncontended get + drop of a dummy),
+//! `e2e-pgwarden`, `e2e-deadpool`, `e2e-raw` (`SELECT 1`, cached statement, one connection);
+//! `e2e-pgwarden-nometrics` is pgwarden with the recording of metrics off: the difference is
+//! what recording costs per call.
+
+use pgwarden::config::SslMode;
+use pgwarden::{ConnectOptions, ManagerOptions, PgConnector, Pool, PoolManager, PoolOptions};
+use pgwarden_testdb::PgServer;
+use tokio_postgres::NoTls;
+
+use crate::poolonly;
+use crate::util::{err, AnyErr};
+
+/// What `--count` can run.
+pub(crate) const WHATS: [&str; 7] = [
+    "pool-pgwarden",
+    "pool-deadpool",
+    "pool-bb8",
+    "e2e-pgwarden",
+    "e2e-pgwarden-nometrics",
+    "e2e-deadpool",
+    "e2e-raw",
+];
+
+pub(crate) fn main(what: &str, n: u64) -> Result<(), AnyErr> {
+    if !WHATS.contains(&what) {
+        return Err(format!("--count: unknown {what} (one of {WHATS:?})").into());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    if let Some(lib) = what.strip_prefix("pool-") {
+        return rt.block_on(pool(lib, n));
+    }
+    let server = PgServer::start()?;
+    let pg = server.pg_config("postgres");
+    rt.block_on(e2e(&pg, &what["e2e-".len()..], n))
+}
+
+/// Where callgrind cuts the profile (`--dump-before='*instr::mark'`): before and after the
+/// measured loop.
+#[inline(never)]
+fn mark() {
+    std::hint::black_box(());
+}
+
+async fn pool(lib: &str, n: u64) -> Result<(), AnyErr> {
+    let env = poolonly::setup().await?;
+    mark();
+    match lib {
+        "pgwarden" => {
+            for _ in 0..n {
+                drop(env.pgwarden.get().await?);
+            }
+        }
+        "deadpool" => {
+            for _ in 0..n {
+                drop(env.deadpool.get().await.map_err(err)?);
+            }
+        }
+        _ => {
+            for _ in 0..n {
+                drop(env.bb8.get().await.map_err(err)?);
+            }
+        }
+    }
+    mark();
+    Ok(())
+}
+
+async fn e2e(pg: &tokio_postgres::Config, lib: &str, n: u64) -> Result<(), AnyErr> {
+    const SQL: &str = "SELECT 1";
+    let mut sum = 0i64;
+    match lib {
+        "pgwarden" | "pgwarden-nometrics" => {
+            let connector =
+                PgConnector::new(pg, SslMode::Disable, None, ConnectOptions::default())?;
+            let pool = Pool::new(connector, PoolOptions::sized(1, 1));
+            pool.prewarm().await?;
+            let db = PoolManager::new(pool, ManagerOptions::default());
+            db.set_metrics_recording(lib == "pgwarden");
+            mark();
+            for _ in 0..n {
+                let row = db.query_one(SQL, &[]).await?;
+                sum += i64::from(row.get::<_, i32>(0));
+            }
+            mark();
+            db.close(std::time::Duration::from_secs(1)).await;
+        }
+        "deadpool" => {
+            let mgr = deadpool_postgres::Manager::from_config(
+                pg.clone(),
+                NoTls,
+                deadpool_postgres::ManagerConfig::default(),
+            );
+            let pool = deadpool_postgres::Pool::builder(mgr)
+                .max_size(1)
+                .runtime(deadpool_postgres::Runtime::Tokio1)
+                .build()?;
+            drop(pool.get().await?);
+            mark();
+            for _ in 0..n {
+                let c = pool.get().await?;
+                let st = c.prepare_cached(SQL).await?;
+                sum += i64::from(c.query_one(&st, &[]).await?.get::<_, i32>(0));
+            }
+            mark();
+        }
+        _ => {
+            let (client, conn) = pg.connect(NoTls).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let st = client.prepare(SQL).await?;
+            mark();
+            for _ in 0..n {
+                sum += i64::from(client.query_one(&st, &[]).await?.get::<_, i32>(0));
+            }
+            mark();
+        }
+    }
+    if sum != n as i64 {
+        return Err(format!("expected {n} rows of 1, summed {sum}").into());
+    }
+    Ok(())
+}
