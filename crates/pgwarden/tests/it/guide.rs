@@ -208,18 +208,26 @@ fn every_message_the_guide_quotes_is_still_printed_by_the_code() {
     }
 }
 
-/// A manager with failover on the same server (so both pools show), some traffic (one
-/// failure), and its `/metrics` text as served over HTTP.
-async fn busy_manager() -> (PoolManager, String) {
-    let (server, db) = shared_db();
-    let url = server.url(&db);
+/// A manager with failover on the same server (so both pools show), read routing to a real
+/// streaming standby and the pipelined lane (so their figures show), some traffic (one failure
+/// in three, reads routed to the standby), and its `/metrics` text as served over HTTP. The
+/// servers are returned so they outlive the manager.
+async fn busy_manager() -> (
+    PoolManager,
+    String,
+    [std::sync::Arc<pgwarden_testdb::PgServer>; 2],
+) {
+    let (primary, standby, db) = primary_with_standby().await;
     let app = app_name("guide");
+    let (url, read_url) = (primary.url(&db), standby.url(&db));
     let config = Config::from_vars([
         ("DATABASE_URL", url.as_str()),
+        ("DB_READ_URL", read_url.as_str()),
         ("DB_ENABLE_FAILOVER", "true"),
         ("DB_POOL_MAX", "4"),
         ("DB_POOL_MIN", "1"),
         ("DB_FAILOVER_POOL_MAX", "2"),
+        ("DB_PIPELINE_CONNECTIONS", "1"),
         ("DB_APPLICATION_NAME", app.as_str()),
     ])
     .expect("config");
@@ -228,13 +236,22 @@ async fn busy_manager() -> (PoolManager, String) {
         let r = m.query_one("SELECT 10 / $1::int4", &[&(i % 3)]).await;
         assert_eq!(r.is_err(), i % 3 == 0, "{r:?}");
     }
+    for _ in 0..3 {
+        let in_recovery: bool = m
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .read_only()
+            .await
+            .expect("read")
+            .get(0);
+        assert!(in_recovery, "a read on a caught-up standby is served there");
+    }
     let srv = pgwarden::http::serve(m.clone(), "127.0.0.1:0".parse().unwrap())
         .await
         .expect("serve");
     let (code, body) = crate::http::http_get(srv.local_addr(), "/metrics").await;
     assert_eq!(code, 200, "{body}");
     srv.stop().await.expect("stop");
-    (m, body)
+    (m, body, [primary, standby])
 }
 
 /// Sample names of a Prometheus text, with every label pair seen on each.
@@ -269,7 +286,7 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guide_prometheus_names_status_block_and_snapshot_are_the_real_ones() {
-    let (m, metrics) = busy_manager().await;
+    let (m, metrics, _servers) = busy_manager().await;
     let seen = samples(&metrics);
     let families: BTreeSet<String> = metrics
         .lines()
@@ -427,7 +444,7 @@ async fn grafana_dashboard_parses_and_queries_only_real_metrics() {
     }
 
     // Every metric and label value the queries use is in real /metrics output.
-    let (m, metrics) = busy_manager().await;
+    let (m, metrics, _servers) = busy_manager().await;
     let seen = samples(&metrics);
     for (title, expr) in &exprs {
         for (name, matchers) in selectors(expr) {
