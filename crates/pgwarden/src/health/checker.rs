@@ -87,7 +87,13 @@ pub(crate) async fn tick(db: &PoolManager) -> HealthCheck {
             async move {
                 let started = Instant::now();
                 let deadline = started + PING_TIMEOUT.min(pool.options().acquire_timeout);
+                let is_primary = std::ptr::eq(pool, db.router().primary());
                 let ping = async {
+                    if is_primary {
+                        if let Some(r) = crate::manager::lane_ping(db, deadline).await {
+                            return r;
+                        }
+                    }
                     let conn = pool.get_until(deadline).await.map_err(|e| e.to_string())?;
                     // Cancellation safety: a ping dropped by the timeout leaves its connection
                     // marked in flight, and the pool resets or closes it on return.

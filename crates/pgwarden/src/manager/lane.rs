@@ -123,6 +123,30 @@ pub(super) async fn attempt<O: Op>(
     Some(Err((err, verdict)))
 }
 
+/// The health checker's ping of the primary's server through the lane (a `SELECT 1` pipelined
+/// with the callers' statements, no cancel): `None` when the lane has no live connection to
+/// take it. While the lane holds connections, pinging through the primary pool would open one
+/// more server connection just to ask what the lane's traffic already shows.
+pub(crate) async fn ping(db: &PoolManager, deadline: Instant) -> Option<Result<(), String>> {
+    let lane = db.inner.lane.as_ref()?;
+    let entered = lane.enter(deadline).await?;
+    let ran = tokio::time::timeout_at(
+        deadline,
+        entered.conn.pg().shared_client().batch_execute("SELECT 1"),
+    )
+    .await;
+    Some(match ran {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            if e.is_closed() || entered.conn.pg().is_closed() {
+                lane.lost(entered.slot, &entered.conn);
+            }
+            Err(format!("lane: {e}"))
+        }
+        Err(_) => Err("lane: no answer in time".to_owned()),
+    })
+}
+
 /// Prepares (cached per lane connection) and runs the statement, reading every row; also
 /// returns the row count. `executed` is set once the execution is sent on an open connection:
 /// before that, a failure ran nothing.

@@ -21,6 +21,7 @@ use std::time::Duration;
 pub use call::{Call, Exec, One, Op, Opt, Params, Rows};
 pub use client::GenericClient;
 pub use copy::{CopyInSink, CopyOutStream};
+pub(crate) use lane::ping as lane_ping;
 pub use router::Router;
 pub use stream::RowStream;
 pub use transaction::TxCall;

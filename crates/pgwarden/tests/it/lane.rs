@@ -467,3 +467,71 @@ async fn the_lane_stays_within_the_pools_maximum() {
     assert_eq!((s.max, s.size), (2, 2), "{s}");
     m.close(Duration::from_secs(1)).await;
 }
+
+/// While the lane holds connections, the health checker pings the primary's server through the
+/// lane: it opens no connection beyond the lane's just to ask whether the server answers. After
+/// the lane's backends are killed, a health check and the next call find out, and the lane is
+/// whole again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_ping_through_the_lane_and_open_nothing_more() {
+    let (server, db) = shared_db();
+    let (m, app) = lane_manager(&server, &db, "laneping", 2, 16, Duration::from_secs(5)).await;
+    for _ in 0..3 {
+        let check = m.check_health().await;
+        assert!(
+            check.pings.iter().all(|p| p.result.is_ok()),
+            "{:?}",
+            check.pings
+        );
+    }
+    let s = m.pool().status();
+    assert_eq!(s.size, 2, "only the lane's connections are open: {s}");
+    let sessions = blocking({
+        let (server, app) = (Arc::clone(&server), app.clone());
+        move || server.sessions(&app).expect("sessions")
+    })
+    .await;
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+
+    let killed = blocking({
+        let (server, app) = (Arc::clone(&server), app.clone());
+        move || server.terminate_backends(&app).expect("terminate")
+    })
+    .await;
+    assert_eq!(killed, 2);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = m.check_health().await; // fails on the lane or pings through the pool: either is true
+    let v: i32 = m
+        .query_one("SELECT 7", &[])
+        .idempotent()
+        .await
+        .expect("an idempotent call gets through after the kill")
+        .get(0);
+    assert_eq!(v, 7);
+    let whole = tokio::time::timeout(Duration::from_secs(10), async {
+        while m.lane_stats().connections < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(whole.is_ok(), "the lane reopened: {:?}", m.lane_stats());
+    let check = m.check_health().await;
+    assert!(
+        check.pings.iter().all(|p| p.result.is_ok()),
+        "{:?}",
+        check.pings
+    );
+    let s = m.pool().status();
+    assert!(s.size <= s.max, "{s}");
+    m.close(Duration::from_secs(1)).await;
+    // Nothing leaked: every server session of the manager ends with it.
+    eventually(Duration::from_secs(10), "no session left", || {
+        let (server, app) = (Arc::clone(&server), app.clone());
+        async move {
+            blocking(move || server.sessions(&app).expect("sessions"))
+                .await
+                .is_empty()
+        }
+    })
+    .await;
+}
