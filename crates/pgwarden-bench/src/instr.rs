@@ -13,7 +13,8 @@
 //! WHAT: `pool-pgwarden`, `pool-deadpool`, `pool-bb8` (uncontended get + drop of a dummy),
 //! `e2e-pgwarden`, `e2e-deadpool`, `e2e-raw` (`SELECT 1`, cached statement, one connection);
 //! `e2e-pgwarden-nometrics` is pgwarden with the recording of metrics off: the difference is
-//! what recording costs per call.
+//! what recording costs per call; `e2e-pgwarden-lane` is the same call on the pipelined lane
+//! (one lane connection), to set beside `e2e-raw`.
 
 use pgwarden::config::SslMode;
 use pgwarden::{ConnectOptions, ManagerOptions, PgConnector, Pool, PoolManager, PoolOptions};
@@ -24,12 +25,13 @@ use crate::poolonly;
 use crate::util::{err, AnyErr};
 
 /// What `--count` can run.
-pub(crate) const WHATS: [&str; 7] = [
+pub(crate) const WHATS: [&str; 8] = [
     "pool-pgwarden",
     "pool-deadpool",
     "pool-bb8",
     "e2e-pgwarden",
     "e2e-pgwarden-nometrics",
+    "e2e-pgwarden-lane",
     "e2e-deadpool",
     "e2e-raw",
 ];
@@ -97,6 +99,26 @@ async fn e2e(pg: &tokio_postgres::Config, lib: &str, n: u64) -> Result<(), AnyEr
                 sum += i64::from(row.get::<_, i32>(0));
             }
             mark();
+            db.close(std::time::Duration::from_secs(1)).await;
+        }
+        "pgwarden-lane" => {
+            let connector =
+                PgConnector::new(pg, SslMode::Disable, None, ConnectOptions::default())?;
+            let pool = Pool::new(connector, PoolOptions::sized(2, 0));
+            let mut mo = ManagerOptions::default();
+            mo.pipeline_connections = 1;
+            let db = PoolManager::new(pool, mo);
+            db.prewarm_lane().await;
+            drop(db.query_one(SQL, &[]).await?);
+            mark();
+            for _ in 0..n {
+                let row = db.query_one(SQL, &[]).await?;
+                sum += i64::from(row.get::<_, i32>(0));
+            }
+            mark();
+            if db.lane_stats().served < n {
+                return Err("the calls did not run on the lane".into());
+            }
             db.close(std::time::Duration::from_secs(1)).await;
         }
         "deadpool" => {

@@ -75,31 +75,30 @@ pub(super) fn is_transaction_control(sql: &str) -> bool {
 /// `pg_advisory_lock`, a function that does either) cannot be seen; such calls should be
 /// marked `.exclusive()`.
 pub(crate) fn pins_session(sql: &str) -> bool {
-    if is_transaction_control(sql) {
-        return true;
-    }
+    // Runs on every call the lane may serve: one look at the first word (no allocation), and
+    // the word scan for a temporary table only when the text holds `temp` at all.
+    let mut buf = [0u8; 10];
     let word = first_keyword(sql);
-    let pinned = [
-        "SET",
-        "RESET",
-        "LISTEN",
-        "UNLISTEN",
-        "NOTIFY",
-        "DEALLOCATE",
-        "DECLARE",
-        "FETCH",
-        "MOVE",
-        "CLOSE",
-        "DISCARD",
-        "LOAD",
-        "COPY",
-        "DO",
-        "CALL",
-        "LOCK",
-    ]
-    .iter()
-    .any(|k| word.eq_ignore_ascii_case(k));
-    pinned || mentions_temp_table(sql)
+    if let Some(upper) = buf.get_mut(..word.len()) {
+        upper.copy_from_slice(word.as_bytes());
+        upper.make_ascii_uppercase();
+        if matches!(
+            &*upper,
+            // Transaction control (see `is_transaction_control`).
+            b"BEGIN" | b"START" | b"COMMIT" | b"END" | b"ROLLBACK" | b"ABORT" | b"SAVEPOINT"
+                | b"RELEASE" | b"PREPARE"
+                // Session state, cursors, and code that may set either.
+                | b"SET" | b"RESET" | b"LISTEN" | b"UNLISTEN" | b"NOTIFY" | b"DEALLOCATE"
+                | b"DECLARE" | b"FETCH" | b"MOVE" | b"CLOSE" | b"DISCARD" | b"LOAD" | b"COPY"
+                | b"DO" | b"CALL" | b"LOCK"
+        ) {
+            return true;
+        }
+    }
+    sql.as_bytes()
+        .windows(4)
+        .any(|w| w.eq_ignore_ascii_case(b"TEMP"))
+        && mentions_temp_table(sql)
 }
 
 /// `CREATE TEMP|TEMPORARY [UNLOGGED] TABLE …`, `CREATE LOCAL TEMP …`, or `… INTO TEMP …`
@@ -150,6 +149,20 @@ mod tests {
             "/* c */ DO $$ BEGIN END $$",
             "CALL p()",
             "COPY t FROM STDIN",
+            "Savepoint a",
+            "release a",
+            "-- c\n rollback",
+            "commit",
+            "end",
+            "abort",
+            "start transaction",
+            "fetch 1 from c",
+            "MOVE c",
+            "close c",
+            "load 'x'",
+            "lock table t",
+            "notify c",
+            "(select 1 into temp t)",
         ] {
             assert!(pins_session(sql), "{sql}");
         }
@@ -162,6 +175,9 @@ mod tests {
             "CREATE TABLE temp (x int)",
             "WITH x AS (SELECT 1) SELECT * FROM x",
             "",
+            "settings_reader()",
+            "SELECT 'a temp string' AS x",
+            "deallocated_items_rebuild()",
         ] {
             assert!(!pins_session(sql), "{sql}");
         }
