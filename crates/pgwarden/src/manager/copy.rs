@@ -78,14 +78,7 @@ impl PoolManager {
             let ctx = Ctx::autocommit(false, sql);
             bounded_for(&self.inner.opts, limit, &conn, start, ctx, started).await
         };
-        if discard {
-            PooledConnection::discard(conn);
-            return Err(result
-                .err()
-                .map(|(e, _)| e)
-                .expect("discarded on a failure"));
-        }
-        let sink = result.map_err(|(e, _)| e)?;
+        let (sink, conn) = started_on(conn, result, discard)?;
         Ok(CopyInSink {
             inner: Some(Box::pin(sink)),
             conn: Some(conn),
@@ -118,14 +111,7 @@ impl PoolManager {
             let ctx = Ctx::autocommit(true, sql);
             bounded_for(&self.inner.opts, limit, &conn, start, ctx, started).await
         };
-        if discard {
-            PooledConnection::discard(conn);
-            return Err(result
-                .err()
-                .map(|(e, _)| e)
-                .expect("discarded on a failure"));
-        }
-        let rows = result.map_err(|(e, _)| e)?;
+        let (rows, conn) = started_on(conn, result, discard)?;
         Ok(CopyOutStream {
             inner: Box::pin(rows),
             conn: Some(conn),
@@ -134,6 +120,29 @@ impl PoolManager {
             limit,
             grace: self.inner.opts.cancel_grace,
         })
+    }
+}
+
+/// The connection and what a COPY's start returned, or its error; a connection the start left
+/// unusable (`discard`: a timeout whose cancel was not confirmed, a lost connection) is
+/// closed, not returned to the pool.
+#[allow(clippy::result_large_err)] // a private helper of the async public calls
+fn started_on<T>(
+    conn: Conn,
+    result: super::call::AttemptResult<T>,
+    discard: bool,
+) -> Result<(T, Conn), Error> {
+    match result {
+        Ok(started) => {
+            debug_assert!(!discard, "a COPY start is discarded only on a failure");
+            Ok((started, conn))
+        }
+        Err((e, _)) => {
+            if discard {
+                PooledConnection::discard(conn);
+            }
+            Err(e)
+        }
     }
 }
 
