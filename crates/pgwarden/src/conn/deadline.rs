@@ -8,7 +8,10 @@
 //! has not fired, and when it fires early the timer is moved to the deadline of the statement
 //! then running. With a steady query timeout the timer is re-armed about once per timeout
 //! period per connection instead of once per statement; the bound stays exact (the statement
-//! is never allowed past its deadline, it is the wake-up that is shared).
+//! is never allowed past its deadline, it is the wake-up that is shared). On a pipelined lane
+//! connection many statements are in flight at once: each takes a timer left by an earlier
+//! one (or arms a new one), so the connection keeps as many as it had statements in flight at
+//! most, bounded by the lane's in-flight bound.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,17 +22,22 @@ use tokio::time::{Instant, Sleep};
 
 use super::PgConn;
 
-/// The connection's timer. Lock rule: held only to take it out or put it back.
+/// The connection's timers: one for an exclusive connection (one statement at a time), up to
+/// one per statement in flight on a pipelined lane connection, each kept armed at an earlier
+/// statement's deadline for the next statement to take. Lock rule: held only to take a timer
+/// out or put one back.
 #[derive(Default)]
-pub(crate) struct StatementTimer(Mutex<Option<Pin<Box<Sleep>>>>);
+pub(crate) struct StatementTimer(Mutex<Vec<Pin<Box<Sleep>>>>);
 
 impl StatementTimer {
     fn take(&self) -> Option<Pin<Box<Sleep>>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).pop()
     }
 
     fn put(&self, timer: Option<Pin<Box<Sleep>>>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = timer;
+        if let Some(t) = timer {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).push(t);
+        }
     }
 }
 
@@ -118,5 +126,35 @@ mod tests {
         // A shorter timeout than the timer held: cut at its own deadline.
         let (done, took) = run(Instant::now(), ms(100), ms(5000)).await;
         assert!(!done && took == ms(100), "{took:?}");
+    }
+    /// Statements in flight at once on one connection (the pipelined lane) each get a timer of
+    /// their own from the pool of timers, and each is cut exactly at its own deadline or runs
+    /// to its end; the connection keeps no more timers than it had statements in flight.
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_statements_each_keep_their_own_deadline() {
+        let timer = StatementTimer::default();
+        let ms = Duration::from_millis;
+        for _round in 0..3 {
+            let start = Instant::now();
+            // Statement i: deadline 100 + 10 i ms, work 45 + 20 i ms: the first six end in
+            // time (45 + 20 i < 100 + 10 i for i < 6), the rest are cut at their deadline.
+            let runs = (0..10u64).map(|i| {
+                let timer = &timer;
+                async move {
+                    let work = std::pin::pin!(tokio::time::sleep(ms(45 + 20 * i)));
+                    let out = timer.within(start + ms(100 + 10 * i), work).await;
+                    (i, out.is_some(), start.elapsed())
+                }
+            });
+            for (i, done, took) in futures_util::future::join_all(runs).await {
+                if i < 6 {
+                    assert!(done && took == ms(45 + 20 * i), "{i}: {took:?}");
+                } else {
+                    assert!(!done && took == ms(100 + 10 * i), "{i}: {took:?}");
+                }
+            }
+            let kept = timer.0.lock().unwrap().len();
+            assert!((1..=10).contains(&kept), "{kept} timers kept");
+        }
     }
 }

@@ -74,7 +74,9 @@ pub(super) async fn attempt<O: Op>(
     // The server ends the statement at `query_timeout`; the grace lets its 57014 arrive. Past
     // it, the caller abandons only its own response.
     let until = started + opts.query_timeout + opts.cancel_grace;
-    let outcome = tokio::time::timeout_at(until, run(&entered.conn, sql, params, &executed)).await;
+    // On the connection's timers (see `conn::deadline`), not a timer entry per statement.
+    let running = std::pin::pin!(run(&entered.conn, sql, params, &executed));
+    let outcome = entered.conn.pg().within(until, running).await.ok_or(());
     lane.served();
     let ended = Instant::now();
     db.inner
