@@ -30,8 +30,11 @@ impl PgConn {
         if let Some((text, typed)) = self.unnamed(sql, params) {
             return tracked!(self, Box::pin(self.client.query_typed(text, &typed)));
         }
-        self.with_statement(sql, |s| async move { self.client.query(&s, params).await })
-            .await
+        self.with_statement(
+            sql,
+            |s| async move { collect(&self.client, &s, params).await },
+        )
+        .await
     }
 
     /// Runs a statement returning exactly one row. The statement always runs to its end (all
@@ -78,7 +81,8 @@ impl PgConn {
         }
         self.with_statement(
             sql,
-            |s| async move { self.client.execute(&s, params).await },
+            // Boxed on its own for the reason `collect` gives.
+            |s| async move { Box::pin(self.client.execute_raw(&s, params.iter().copied())).await },
         )
         .await
     }
@@ -131,4 +135,24 @@ pub(crate) fn at_most_one(mut rows: Vec<Row>) -> Result<Option<Row>, crate::Erro
             got,
         }),
     }
+}
+
+/// tokio-postgres's `query`, allocating less: its `query_raw` future (~1 KB: it has room for a
+/// prepare it never makes with a prepared statement) is boxed on its own, under the size glibc
+/// serves from its per-thread cache, and the rows are collected in place. Boxing the whole
+/// `query` (or keeping it inline, which makes every call's boxed future ~2 KB) takes malloc's
+/// slow path on every call.
+async fn collect(
+    client: &Client,
+    statement: &Statement,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, tokio_postgres::Error> {
+    use futures_util::TryStreamExt;
+    let rows = Box::pin(client.query_raw(statement, params.iter().copied())).await?;
+    let mut rows = std::pin::pin!(rows);
+    let mut out = Vec::new();
+    while let Some(row) = rows.try_next().await? {
+        out.push(row);
+    }
+    Ok(out)
 }

@@ -47,45 +47,77 @@ impl StatementTimer {
     ///
     /// Cancellation safety: dropped midway, the timer is dropped with this future (the wheel
     /// entry removed) and the next statement arms a new one.
-    pub(crate) async fn within<F: Future>(
-        &self,
+    pub(crate) fn within<'a, F: Future>(
+        &'a self,
         until: Instant,
-        mut fut: Pin<&mut F>,
-    ) -> Option<F::Output> {
-        let mut timer = self.take();
-        let out = std::future::poll_fn(|cx| {
-            if let Poll::Ready(v) = fut.as_mut().poll(cx) {
-                return Poll::Ready(Some(v));
-            }
-            let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
-            if t.deadline() > until {
-                // A shorter timeout than the last statement's (a call's `.timeout(d)`).
-                t.as_mut().reset(until);
-            }
-            loop {
-                match t.as_mut().poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    // Armed at this statement's deadline: it has passed.
-                    Poll::Ready(()) if t.deadline() >= until => return Poll::Ready(None),
-                    // An earlier statement's deadline: move on to this one's.
-                    Poll::Ready(()) => t.as_mut().reset(until),
+        fut: Pin<&'a mut F>,
+    ) -> Within<'a, F> {
+        Within {
+            timers: self,
+            until,
+            fut,
+            timer: None,
+            taken: false,
+        }
+    }
+}
+
+/// The future of [`StatementTimer::within`]. Written out rather than an `async fn`: it is part of
+/// every call's future, and a generator would keep its arguments twice.
+pub(crate) struct Within<'a, F> {
+    timers: &'a StatementTimer,
+    until: Instant,
+    fut: Pin<&'a mut F>,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// The connection's kept timer was taken (on the first poll).
+    taken: bool,
+}
+
+impl<F: Future> Future for Within<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        // Every field is Unpin (the statement's future is pinned by its owner).
+        let this = &mut *self;
+        if !this.taken {
+            this.taken = true;
+            this.timer = this.timers.take();
+        }
+        if let Poll::Ready(v) = this.fut.as_mut().poll(cx) {
+            this.timers.put(this.timer.take());
+            return Poll::Ready(Some(v));
+        }
+        let until = this.until;
+        let t = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+        if t.deadline() > until {
+            // A shorter timeout than the last statement's (a call's `.timeout(d)`).
+            t.as_mut().reset(until);
+        }
+        loop {
+            match t.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                // Armed at this statement's deadline: it has passed.
+                Poll::Ready(()) if t.deadline() >= until => {
+                    this.timers.put(this.timer.take());
+                    return Poll::Ready(None);
                 }
+                // An earlier statement's deadline: move on to this one's.
+                Poll::Ready(()) => t.as_mut().reset(until),
             }
-        })
-        .await;
-        self.put(timer);
-        out
+        }
     }
 }
 
 impl PgConn {
     /// [`StatementTimer::within`] on this connection's timer.
-    pub(crate) async fn within<F: Future>(
-        &self,
+    pub(crate) fn within<'a, F: Future>(
+        &'a self,
         until: Instant,
-        fut: Pin<&mut F>,
-    ) -> Option<F::Output> {
-        self.timer.within(until, fut).await
+        fut: Pin<&'a mut F>,
+    ) -> Within<'a, F> {
+        self.timer.within(until, fut)
     }
 }
 

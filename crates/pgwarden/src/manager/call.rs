@@ -352,27 +352,55 @@ async fn run<O: Op>(
     // The one dispatch point between the pipelined lane and the exclusive path (boxed: the
     // lane's future must not weigh on every exclusive call's).
     if let Some(lane) = super::lane::route(db, sql, marking, per_call.path, per_call.timeout, 1) {
-        let laned = lane_first::<O>(db, lane, sql, params, marking, per_call);
-        if let Some(result) = Box::pin(laned).await {
+        if let Some(result) =
+            Box::pin(lane_first::<O>(db, lane, sql, params, marking, per_call)).await
+        {
             return result;
         }
     }
+    // Settled by a plain function: nothing but the retry loop's box outlives the attempt here,
+    // so this future is the attempt's and a few words (it is boxed on every call).
     let first = attempt::<O>(db, sql, params, marking, per_call.timeout, 1, None).await;
+    match settle::<O>(db, sql, params, marking, per_call, first) {
+        Settled::Done(result) => result,
+        Settled::Retry(again) => again.await,
+    }
+}
+
+/// A call after its first attempt: its result, or the retry loop to run.
+enum Settled<'a, T> {
+    Done(Result<T, Error>),
+    Retry(Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>),
+}
+
+fn settle<'a, O: Op>(
+    db: &'a PoolManager,
+    sql: &'a str,
+    params: Params<'a>,
+    marking: Marking,
+    per_call: PerCall,
+    first: Attempted<O::Out>,
+) -> Settled<'a, O::Out> {
     let result = match first.outcome {
         Ok(v) => Ok(v),
         // No verdict but `Retry` may lead to another attempt (see `Retrying::next`).
         Err((e, v)) if v != Verdict::Retry => Err(e),
         Err(failed) => {
             db.inner.stats.acquire(first.pool, first.waited);
-            let again = retry::<O>(db, sql, params, marking, per_call, first.started, failed);
-            return Box::pin(again).await;
+            let started = first.started;
+            return Settled::Retry(Box::pin(retry::<O>(
+                db, sql, params, marking, per_call, started, failed,
+            )));
         }
     };
-    let elapsed = first.ended.saturating_duration_since(first.started);
-    db.inner
-        .stats
-        .one_attempt(first.ended, elapsed, &result, first.pool, first.waited);
-    result
+    db.inner.stats.one_attempt(
+        first.ended,
+        first.elapsed,
+        &result,
+        first.pool,
+        first.waited,
+    );
+    Settled::Done(result)
 }
 
 /// A call's first attempt on the pipelined lane, and its retries; `None` when the lane could
@@ -447,6 +475,8 @@ struct Attempted<T> {
     started: Instant,
     /// A reading taken when the attempt ended.
     ended: Instant,
+    /// `ended - started`.
+    elapsed: Duration,
     /// The pool asked (its index) and the time spent waiting for it.
     pool: usize,
     waited: Duration,
@@ -524,10 +554,10 @@ async fn attempt<O: Op>(
 ) -> Attempted<O::Out> {
     let router = &db.inner.router;
     let id = router.pick(n, marking);
-    let (conn, started, now) = match router.pool(id).get_timed(deadline).await {
+    let (conn, started, now, waited) = match router.pool(id).get_timed(deadline).await {
         Ok(t) => {
             router.note_reachable(id, true);
-            (t.conn, t.started, t.now)
+            (t.conn, t.started, t.now, t.waited)
         }
         Err((e, started)) => {
             // The failure path reads the clock; it did not wait when it has no reading.
@@ -541,6 +571,7 @@ async fn attempt<O: Op>(
                 outcome: Err((Error::Acquire(e), v)),
                 started,
                 ended,
+                elapsed: ended.saturating_duration_since(started),
                 pool: id.index(),
                 waited: ended.saturating_duration_since(started),
             };
@@ -557,12 +588,8 @@ async fn attempt<O: Op>(
         bounded_for(opts, limit, &conn, fut, ctx, now).await
     };
     let ended = Instant::now();
-    db.inner.stats.statement_at(
-        ended,
-        sql,
-        ended.saturating_duration_since(now),
-        &db.inner.opts,
-    );
+    let ran = ended.saturating_duration_since(now);
+    db.inner.stats.statement_at(ended, sql, ran, &db.inner.opts);
     if discard {
         PooledConnection::discard(conn);
     } else {
@@ -576,8 +603,9 @@ async fn attempt<O: Op>(
         outcome,
         started,
         ended,
+        elapsed: waited + ran,
         pool: id.index(),
-        waited: now.saturating_duration_since(started),
+        waited,
     }
 }
 
@@ -652,6 +680,22 @@ where
     if let Some(r) = conn.within(until, fut.as_mut()).await {
         return (r.map_err(|e| classify_error(e, conn, ctx)), false);
     }
+    // Boxed: rare, and its timers would otherwise weigh on every call's future.
+    Box::pin(timed_out(opts, query_timeout, conn, fut, ctx)).await
+}
+
+/// A statement past its query timeout: cancelled on the server, then given what is left of one
+/// grace period to end.
+async fn timed_out<T, F>(
+    opts: &ManagerOptions,
+    query_timeout: Duration,
+    conn: &PgConn,
+    fut: Pin<&mut F>,
+    ctx: Ctx,
+) -> (AttemptResult<T>, bool)
+where
+    F: Future<Output = Result<T, Error>>,
+{
     let timeout_err = |ended: bool| Error::QueryTimeout {
         after: query_timeout,
         ended,
@@ -723,8 +767,11 @@ pub(super) fn classify_error(e: Error, conn: &PgConn, ctx: Ctx) -> (Error, Verdi
 
 #[cfg(test)]
 mod tests {
-    /// Every call's future is boxed and moved once, so its size is paid on every call: keep it
-    /// small (it was 6.5 KB before rare paths were boxed and tracking done in place).
+    /// Every call's future is boxed (`IntoFuture` needs a type to name), so its size is paid on
+    /// every call: keep it within what glibc's malloc serves from its per-thread cache (requests
+    /// up to 1,032 bytes). Above that, every call took malloc's slow path and its free (a
+    /// `SELECT 1` call measured 2,232 bytes and ~400 instructions more per call under
+    /// callgrind). It was 6.5 KB before rare paths were boxed and tracking done in place.
     #[tokio::test]
     async fn call_and_acquire_futures_stay_small() {
         fn size_of_val<F>(_: &F) -> usize {
@@ -744,18 +791,28 @@ mod tests {
             crate::Pool::new(connector, crate::PoolOptions::sized(1, 0)),
             super::ManagerOptions::default(),
         );
-        let call = super::run::<super::One>(
-            &db,
-            "SELECT 1",
-            &[],
-            super::Marking::Write,
-            super::PerCall::default(),
-        );
-        assert!(
-            size_of_val(&call) <= 3 * 1024,
-            "call future: {} bytes",
-            size_of_val(&call)
-        );
+        let (sql, w, per) = ("SELECT 1", super::Marking::Write, super::PerCall::default());
+        let sizes = [
+            (
+                "query",
+                size_of_val(&super::run::<super::Rows>(&db, sql, &[], w, per)),
+            ),
+            (
+                "query_one",
+                size_of_val(&super::run::<super::One>(&db, sql, &[], w, per)),
+            ),
+            (
+                "query_opt",
+                size_of_val(&super::run::<super::Opt>(&db, sql, &[], w, per)),
+            ),
+            (
+                "execute",
+                size_of_val(&super::run::<super::Exec>(&db, sql, &[], w, per)),
+            ),
+        ];
+        for (what, size) in sizes {
+            assert!(size <= 1024, "{what}'s call future: {size} bytes");
+        }
         let get = db.pool().get();
         assert!(
             size_of_val(&get) <= 1024,
