@@ -35,6 +35,11 @@ impl Sql for Statement {
 
 /// The first word of `sql`, after blanks and comments.
 pub(crate) fn first_keyword(sql: &str) -> &str {
+    let word = |s: &'_ str| s.bytes().take_while(u8::is_ascii_alphabetic).count();
+    // Nearly every statement starts with its keyword: no blanks or comments to skip.
+    if sql.as_bytes().first().is_some_and(u8::is_ascii_alphabetic) {
+        return &sql[..word(sql)];
+    }
     let mut s = sql.trim_start();
     loop {
         if let Some(rest) = s.strip_prefix("--") {
@@ -45,7 +50,7 @@ pub(crate) fn first_keyword(sql: &str) -> &str {
             break;
         }
     }
-    &s[..s.bytes().take_while(u8::is_ascii_alphabetic).count()]
+    &s[..word(s)]
 }
 
 /// True when `sql` starts with a transaction-control keyword (after blanks and comments).

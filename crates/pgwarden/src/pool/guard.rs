@@ -170,6 +170,8 @@ pub(crate) struct Timed<C: Connector> {
     pub(crate) started: Instant,
     /// Its last reading: when the connection was checked and handed out.
     pub(crate) now: Instant,
+    /// `now - started` (zero when the acquire was served at once).
+    pub(crate) waited: std::time::Duration,
 }
 
 /// [`acquire`] returning its readings; a failure carries its first reading when it took one
@@ -292,6 +294,8 @@ pub(super) async fn acquire_timed<C: Connector>(
         // The one clock read of an idle checkout: the connection's checks, the deadline (when
         // the caller gave none) and the wait time all use it.
         let now = Instant::now();
+        // This reading is the acquire's first: it waited for nothing (no subtraction needed).
+        let at_once = start.is_none();
         start.get_or_insert(now);
         let until = *deadline.get_or_insert(now + timeout);
         let verdict = match check(inner, &mut guard, now, until).await {
@@ -324,8 +328,12 @@ pub(super) async fn acquire_timed<C: Connector>(
         } else {
             &c.acquires_direct
         });
-        if let (true, Some(start)) = (waited, start) {
-            c.waited(now.saturating_duration_since(start));
+        let wait = match start {
+            Some(start) if !at_once => now.saturating_duration_since(start),
+            _ => std::time::Duration::ZERO,
+        };
+        if waited {
+            c.waited(wait);
         }
         if guard.slot().used {
             Counters::inc(&c.reused);
@@ -334,6 +342,7 @@ pub(super) async fn acquire_timed<C: Connector>(
             conn: guard,
             started: start.unwrap_or(now),
             now,
+            waited: wait,
         });
     }
 }
