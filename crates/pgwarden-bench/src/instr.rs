@@ -25,7 +25,7 @@ use crate::poolonly;
 use crate::util::{err, AnyErr};
 
 /// What `--count` can run.
-pub(crate) const WHATS: [&str; 8] = [
+pub(crate) const WHATS: [&str; 10] = [
     "pool-pgwarden",
     "pool-deadpool",
     "pool-bb8",
@@ -34,7 +34,14 @@ pub(crate) const WHATS: [&str; 8] = [
     "e2e-pgwarden-lane",
     "e2e-deadpool",
     "e2e-raw",
+    "contended-pgwarden",
+    "contended-deadpool",
 ];
+
+/// Tasks and connections of the `contended-*` counts: every call waits for a connection, as at
+/// 1,000 tasks on 10.
+const CONTENDED_TASKS: u64 = 100;
+const CONTENDED_CONNS: u32 = 10;
 
 pub(crate) fn main(what: &str, n: u64) -> Result<(), AnyErr> {
     if !WHATS.contains(&what) {
@@ -48,6 +55,9 @@ pub(crate) fn main(what: &str, n: u64) -> Result<(), AnyErr> {
     }
     let server = PgServer::start()?;
     let pg = server.pg_config("postgres");
+    if let Some(lib) = what.strip_prefix("contended-") {
+        return rt.block_on(contended(&pg, lib, n));
+    }
     rt.block_on(e2e(&pg, &what["e2e-".len()..], n))
 }
 
@@ -155,6 +165,80 @@ async fn e2e(pg: &tokio_postgres::Config, lib: &str, n: u64) -> Result<(), AnyEr
     }
     if sum != n as i64 {
         return Err(format!("expected {n} rows of 1, summed {sum}").into());
+    }
+    Ok(())
+}
+
+/// `contended-*`: `SELECT 1` with a cached statement from [`CONTENDED_TASKS`] tasks on
+/// [`CONTENDED_CONNS`] connections, N calls in all: the waiter path of every call is counted.
+async fn contended(pg: &tokio_postgres::Config, lib: &str, n: u64) -> Result<(), AnyErr> {
+    const SQL: &str = "SELECT 1";
+    let per_task = n.div_ceil(CONTENDED_TASKS);
+    let mut tasks = tokio::task::JoinSet::new();
+    if lib == "pgwarden" {
+        let connector = PgConnector::new(pg, SslMode::Disable, None, ConnectOptions::default())?;
+        let pool = Pool::new(
+            connector,
+            PoolOptions::sized(CONTENDED_CONNS, CONTENDED_CONNS),
+        );
+        pool.prewarm().await?;
+        let db = PoolManager::new(pool, ManagerOptions::default());
+        for _ in 0..CONTENDED_CONNS {
+            drop(db.query_one(SQL, &[]).await?);
+        }
+        mark();
+        for _ in 0..CONTENDED_TASKS {
+            let db = db.clone();
+            tasks.spawn(async move {
+                let mut sum = 0i64;
+                for _ in 0..per_task {
+                    sum += i64::from(db.query_one(SQL, &[]).await?.get::<_, i32>(0));
+                }
+                Ok::<_, AnyErr>(sum)
+            });
+        }
+    } else {
+        let mgr = deadpool_postgres::Manager::from_config(
+            pg.clone(),
+            NoTls,
+            deadpool_postgres::ManagerConfig::default(),
+        );
+        let pool = deadpool_postgres::Pool::builder(mgr)
+            .max_size(CONTENDED_CONNS as usize)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()?;
+        let mut held = Vec::new();
+        for _ in 0..CONTENDED_CONNS {
+            let c = pool.get().await?;
+            drop(c.prepare_cached(SQL).await?);
+            held.push(c);
+        }
+        drop(held);
+        mark();
+        for _ in 0..CONTENDED_TASKS {
+            let pool = pool.clone();
+            tasks.spawn(async move {
+                let mut sum = 0i64;
+                for _ in 0..per_task {
+                    let c = pool.get().await?;
+                    let st = c.prepare_cached(SQL).await?;
+                    sum += i64::from(c.query_one(&st, &[]).await?.get::<_, i32>(0));
+                }
+                Ok::<_, AnyErr>(sum)
+            });
+        }
+    }
+    let mut sum = 0;
+    while let Some(r) = tasks.join_next().await {
+        sum += r??;
+    }
+    mark();
+    if sum != (per_task * CONTENDED_TASKS) as i64 {
+        return Err(format!(
+            "expected {} rows of 1, summed {sum}",
+            per_task * CONTENDED_TASKS
+        )
+        .into());
     }
     Ok(())
 }
