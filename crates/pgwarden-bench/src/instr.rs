@@ -183,9 +183,14 @@ async fn contended(pg: &tokio_postgres::Config, lib: &str, n: u64) -> Result<(),
         );
         pool.prewarm().await?;
         let db = PoolManager::new(pool, ManagerOptions::default());
+        // The statement cached on every connection, as deadpool's below.
+        let mut held = Vec::new();
         for _ in 0..CONTENDED_CONNS {
-            drop(db.query_one(SQL, &[]).await?);
+            let c = db.get().await?;
+            drop(c.prepare_cached(SQL).await?);
+            held.push(c);
         }
+        drop(held);
         mark();
         for _ in 0..CONTENDED_TASKS {
             let db = db.clone();
