@@ -38,7 +38,7 @@ pub(crate) use cache::is_stale_statement;
 pub(crate) use cancel::CancelTarget;
 use cancel::Canceller;
 pub use sniff::Sql;
-pub(crate) use sniff::{first_keyword, pins_session};
+pub(crate) use sniff::{pins_session, runs_procedure};
 pub use transaction::PgTransaction;
 
 /// A connection handed out by a [`crate::Pool`] of [`crate::PgConnector`]. Its statement

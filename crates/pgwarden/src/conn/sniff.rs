@@ -53,22 +53,58 @@ pub(crate) fn first_keyword(sql: &str) -> &str {
     &s[..word(s)]
 }
 
+/// The first two letters of `sql`, upper-cased, when it starts with a letter: then it starts
+/// with its keyword, and a keyword that does not begin with them is not its keyword. Statement
+/// classifiers are asked of every call, so the common case (`SE` of `SELECT` against `BE`, `ST`,
+/// `CO` …) is answered from two bytes, without finding the word.
+fn leading_pair(sql: &str) -> Option<[u8; 2]> {
+    match sql.as_bytes() {
+        [a, b, ..] if a.is_ascii_alphabetic() => {
+            Some([a.to_ascii_uppercase(), b.to_ascii_uppercase()])
+        }
+        _ => None,
+    }
+}
+
+/// True when `sql`'s first keyword (after blanks and comments) is one of `words`.
+fn keyword_in(sql: &str, words: &[&str]) -> bool {
+    let word = first_keyword(sql);
+    words.iter().any(|k| word.eq_ignore_ascii_case(k))
+}
+
 /// True when `sql` starts with a transaction-control keyword (after blanks and comments).
 pub(super) fn is_transaction_control(sql: &str) -> bool {
-    let word = first_keyword(sql);
-    [
-        "BEGIN",
-        "START",
-        "COMMIT",
-        "END",
-        "ROLLBACK",
-        "ABORT",
-        "SAVEPOINT",
-        "RELEASE",
-        "PREPARE",
-    ]
-    .iter()
-    .any(|k| word.eq_ignore_ascii_case(k))
+    if leading_pair(sql).is_some_and(|p| {
+        !matches!(
+            &p,
+            b"BE" | b"ST" | b"CO" | b"EN" | b"RO" | b"AB" | b"SA" | b"RE" | b"PR"
+        )
+    }) {
+        return false;
+    }
+    keyword_in(
+        sql,
+        &[
+            "BEGIN",
+            "START",
+            "COMMIT",
+            "END",
+            "ROLLBACK",
+            "ABORT",
+            "SAVEPOINT",
+            "RELEASE",
+            "PREPARE",
+        ],
+    )
+}
+
+/// True when `sql` runs a procedure or an anonymous block (`CALL`, `DO`): it may COMMIT part of
+/// its work before it fails.
+pub(crate) fn runs_procedure(sql: &str) -> bool {
+    if leading_pair(sql).is_some_and(|p| !matches!(&p, b"CA" | b"DO")) {
+        return false;
+    }
+    keyword_in(sql, &["CALL", "DO"])
 }
 
 /// True when `sql` must run on a connection of its own: transaction control, or a statement
@@ -185,6 +221,34 @@ mod tests {
             "deallocated_items_rebuild()",
         ] {
             assert!(!pins_session(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn procedures_are_told_apart_with_or_without_the_two_letter_shortcut() {
+        for sql in [
+            "CALL p()",
+            "call p()",
+            "Do $$ $$",
+            "DO",
+            "  call p()",
+            "/* x */ DO $$ $$",
+        ] {
+            assert!(runs_procedure(sql), "{sql}");
+        }
+        for sql in [
+            "SELECT 1",
+            "CALLED",
+            "called_fn()",
+            "DOUBLE",
+            "D",
+            "C",
+            "",
+            " ",
+            "-- DO",
+            "dot",
+        ] {
+            assert!(!runs_procedure(sql), "{sql}");
         }
     }
 

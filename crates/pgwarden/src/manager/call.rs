@@ -622,12 +622,11 @@ pub(super) struct Ctx {
 
 impl Ctx {
     pub(super) fn autocommit(idempotent: bool, sql: &str) -> Self {
-        let word = crate::conn::first_keyword(sql);
         Self {
             idempotent,
             in_transaction: false,
             commit: false,
-            atomic: !(word.eq_ignore_ascii_case("CALL") || word.eq_ignore_ascii_case("DO")),
+            atomic: !crate::conn::runs_procedure(sql),
         }
     }
 }
