@@ -227,10 +227,18 @@ struct Bucket {
 }
 
 impl Bucket {
-    /// The bucket for `epoch`, cleared first when it still holds an older slice.
-    fn at(ring: &mut [Bucket; WINDOW_BUCKETS], epoch: u64) -> &mut Bucket {
+    /// The bucket for `epoch`, cleared first when it still holds an older slice; the latencies
+    /// it held are folded into `lifetime` then.
+    fn at<'a>(
+        ring: &'a mut [Bucket; WINDOW_BUCKETS],
+        lifetime: &mut Timing,
+        epoch: u64,
+    ) -> &'a mut Bucket {
         let b = &mut ring[(epoch % WINDOW_BUCKETS as u64) as usize];
         if b.epoch != epoch {
+            if b.latency.count() > 0 {
+                lifetime.add(&b.latency);
+            }
             b.epoch = epoch;
             b.calls = 0;
             b.succeeded = 0;
@@ -243,6 +251,9 @@ impl Bucket {
 
 struct Stripe {
     counts: CallCounts,
+    /// Call latencies of the buckets already recycled: the lifetime histogram is this plus
+    /// every bucket of the ring. (A call's latency is recorded once, in its bucket, instead of
+    /// twice: one histogram record fewer per call.)
     latency: Timing,
     /// Acquire wait by pool index, timeouts included.
     waits: Vec<Timing>,
@@ -383,8 +394,7 @@ impl Recorder {
 
     fn count_call(s: &mut Stripe, epoch: u64, elapsed: Duration, outcome: Outcome) {
         s.counts.total += 1;
-        s.latency.record(elapsed);
-        let b = Bucket::at(&mut s.ring, epoch);
+        let b = Bucket::at(&mut s.ring, &mut s.latency, epoch);
         b.calls += 1;
         b.latency.record(elapsed);
         match outcome {
@@ -408,9 +418,10 @@ impl Recorder {
             return;
         }
         let epoch = self.epoch(now);
-        let mut s = self.stripe();
+        let mut guard = self.stripe();
+        let s = &mut *guard;
         s.counts.slow += 1;
-        Bucket::at(&mut s.ring, epoch).slow += 1;
+        Bucket::at(&mut s.ring, &mut s.latency, epoch).slow += 1;
     }
 
     /// One acquire from pool `pool`, however it ended (timeouts included).
@@ -468,11 +479,15 @@ impl Recorder {
             for (w, sw) in waits.iter_mut().zip(&s.waits) {
                 w.add(sw);
             }
-            for b in s.ring.iter().filter(|b| in_window(b.epoch)) {
-                window.calls += b.calls;
-                window.succeeded += b.succeeded;
-                window.slow += b.slow;
-                window.latency.add(&b.latency);
+            for b in s.ring.iter() {
+                // Not yet folded into the stripe's lifetime histogram.
+                latency.add(&b.latency);
+                if in_window(b.epoch) {
+                    window.calls += b.calls;
+                    window.succeeded += b.succeeded;
+                    window.slow += b.slow;
+                    window.latency.add(&b.latency);
+                }
             }
         }
         let ring = *self.utilization.lock().unwrap_or_else(|e| e.into_inner());
@@ -572,12 +587,42 @@ mod tests {
         // Lifetime totals keep everything.
         assert_eq!(f.counts.slow, 30);
         assert_eq!(f.counts.total, 31);
+        assert_eq!(f.latency.count(), 31);
+        assert!((f.latency.max_ms() - 500.0).abs() < 5.0);
 
         // A bucket reused a ring-turn later holds only the new slice.
         let next_turn = t0 + Duration::from_secs(60);
         r.call(next_turn, ms(1), Outcome::Ok);
         let f = r.figures(next_turn);
         assert_eq!(f.window.calls, 2);
+    }
+
+    /// A call's latency is kept once, in its window bucket, and folded into the lifetime
+    /// histogram when the bucket is reused: nothing is lost or counted twice over many turns
+    /// of the ring, whatever the stripe.
+    #[test]
+    fn lifetime_latency_survives_every_turn_of_the_ring() {
+        let t0 = Instant::now();
+        let r = Recorder::new(1, t0);
+        let mut sum_ms = 0;
+        for i in 0..200u64 {
+            // One call every 3 s for 10 minutes: the ring turns ten times.
+            r.call(t0 + Duration::from_secs(3 * i), ms(i + 1), Outcome::Ok);
+            sum_ms += i + 1;
+            if i % 37 == 0 {
+                r.slow(t0 + Duration::from_secs(3 * i));
+            }
+        }
+        let end = t0 + Duration::from_secs(600);
+        let f = r.figures(end);
+        assert_eq!(f.latency.count(), 200);
+        assert_eq!(f.counts.total, 200);
+        assert!((f.latency.avg_ms() - sum_ms as f64 / 200.0).abs() < 1e-9);
+        assert!((f.latency.max_ms() - 200.0).abs() < 2.0);
+        // The window holds its buckets' calls only: at 600 s, the five buckets before the
+        // current (empty) one, 550–599 s: the calls at 552, 555 … 597 s.
+        assert_eq!(f.window.calls, 16);
+        assert_eq!(f.window.latency.count(), f.window.calls);
     }
 
     #[test]
