@@ -258,11 +258,15 @@ struct Stripe {
     /// Acquire wait by pool index, timeouts included.
     waits: Vec<Timing>,
     ring: [Bucket; WINDOW_BUCKETS],
+    /// The epoch last computed here and the instants it spans, `[start, end)`.
+    span: (Instant, Instant, u64),
 }
 
 impl Stripe {
-    fn new(pools: usize) -> Self {
+    fn new(pools: usize, origin: Instant) -> Self {
         Self {
+            // An empty span: the first call computes its epoch.
+            span: (origin, origin, 0),
             counts: CallCounts::default(),
             latency: Timing::new(),
             waits: (0..pools).map(|_| Timing::new()).collect(),
@@ -337,7 +341,9 @@ impl Recorder {
         Self {
             origin,
             enabled: AtomicBool::new(true),
-            stripes: (0..n).map(|_| Mutex::new(Stripe::new(pools))).collect(),
+            stripes: (0..n)
+                .map(|_| Mutex::new(Stripe::new(pools, origin)))
+                .collect(),
             retries: std::array::from_fn(|_| AtomicU64::new(0)),
             utilization: Mutex::new([(u64::MAX, 0.0); WINDOW_BUCKETS]),
         }
@@ -356,6 +362,20 @@ impl Recorder {
         now.saturating_duration_since(self.origin).as_secs() / WINDOW_BUCKET.as_secs()
     }
 
+    /// [`Recorder::epoch`], from the stripe's last answer while `now` is within its span (two
+    /// comparisons instead of a clock subtraction and a division on every call).
+    fn epoch_of(&self, s: &mut Stripe, now: Instant) -> u64 {
+        let (start, end, epoch) = s.span;
+        if start <= now && now < end {
+            return epoch;
+        }
+        let epoch = self.epoch(now);
+        let start =
+            self.origin + Duration::from_secs(epoch.saturating_mul(WINDOW_BUCKET.as_secs()));
+        s.span = (start, start + WINDOW_BUCKET, epoch);
+        epoch
+    }
+
     fn stripe(&self) -> MutexGuard<'_, Stripe> {
         let i = STRIPE.with(|i| *i) % self.stripes.len();
         // A panic while recording leaves consistent-enough counts: keep using them.
@@ -367,8 +387,9 @@ impl Recorder {
         if !self.on() {
             return;
         }
-        let epoch = self.epoch(now);
-        Self::count_call(&mut self.stripe(), epoch, elapsed, outcome);
+        let mut s = self.stripe();
+        let epoch = self.epoch_of(&mut s, now);
+        Self::count_call(&mut s, epoch, elapsed, outcome);
     }
 
     /// [`Recorder::call`] and [`Recorder::acquire`] of its one acquire, under one lock of the
@@ -384,8 +405,8 @@ impl Recorder {
         if !self.on() {
             return;
         }
-        let epoch = self.epoch(now);
         let mut s = self.stripe();
+        let epoch = self.epoch_of(&mut s, now);
         if let Some(t) = s.waits.get_mut(pool) {
             t.record(wait);
         }
@@ -417,8 +438,8 @@ impl Recorder {
         if !self.on() {
             return;
         }
-        let epoch = self.epoch(now);
         let mut guard = self.stripe();
+        let epoch = self.epoch_of(&mut guard, now);
         let s = &mut *guard;
         s.counts.slow += 1;
         Bucket::at(&mut s.ring, &mut s.latency, epoch).slow += 1;
@@ -623,6 +644,23 @@ mod tests {
         // current (empty) one, 550–599 s: the calls at 552, 555 … 597 s.
         assert_eq!(f.window.calls, 16);
         assert_eq!(f.window.latency.count(), f.window.calls);
+    }
+
+    /// A call recorded late (its reading older than the stripe's last) lands in its own
+    /// bucket, not in the one the stripe last computed.
+    #[test]
+    fn a_late_recording_lands_in_its_own_bucket() {
+        let t0 = Instant::now();
+        let r = Recorder::new(1, t0);
+        r.call(t0 + Duration::from_secs(25), ms(1), Outcome::Ok);
+        r.slow(t0 + Duration::from_secs(5));
+        r.call(t0 + Duration::from_secs(5), ms(1), Outcome::Ok);
+        // At 65 s the window holds 20–65 s: the call at 25 s, not the two at 5 s.
+        let f = r.figures(t0 + Duration::from_secs(65));
+        assert_eq!(f.window.calls, 1);
+        assert_eq!(f.window.slow, 0);
+        assert_eq!(f.counts.total, 2);
+        assert_eq!(f.latency.count(), 2);
     }
 
     #[test]
