@@ -259,7 +259,14 @@ impl Router {
     pub fn note_reachable(&self, id: PoolId, up: bool) {
         match (id, &self.read) {
             (PoolId::Read, Some(r)) => r.note_reachable(up),
-            _ => self.state(id).up.store(up, Ordering::Relaxed),
+            // Stored only on a change: every call reports, and a store on every call would
+            // keep moving the flag's cache line between the runtime's worker threads.
+            _ => {
+                let flag = &self.state(id).up;
+                if flag.load(Ordering::Relaxed) != up {
+                    flag.store(up, Ordering::Relaxed);
+                }
+            }
         }
     }
 
