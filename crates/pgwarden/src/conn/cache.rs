@@ -76,7 +76,7 @@ impl PgConn {
         // the rare paths are boxed.
         let (stmt, cached) = match (sql.prepared(), sql.text()) {
             (Some(stmt), _) => (stmt.clone(), None),
-            (None, Some(text)) if !self.cache().enabled() => {
+            (None, Some(text)) if !self.caching => {
                 let stmt = tracked!(self, Box::pin(self.client.prepare(text)))?;
                 (stmt, None)
             }

@@ -51,6 +51,9 @@ pub struct PgConn {
     query_timeout: Duration,
     /// Lock rule: held only to look up or insert, never across an `.await`.
     cache: Mutex<StatementCache<Statement>>,
+    /// The cache's size is not 0 (fixed when the connection opens): asked on every statement,
+    /// so without taking the cache's lock.
+    caching: bool,
     /// Statements sent through the tracked methods and not yet answered.
     in_flight: AtomicU32,
     /// A transaction opened with `transaction()` has not finished.
@@ -82,7 +85,9 @@ impl PgConn {
         cache: Mutex<StatementCache<Statement>>,
         query_timeout: Duration,
     ) -> Self {
+        let caching = cache.lock().unwrap_or_else(|p| p.into_inner()).enabled();
         Self {
+            caching,
             cancel: Canceller {
                 token: client.cancel_token(),
                 target: cancel_target,

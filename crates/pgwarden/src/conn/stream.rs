@@ -32,7 +32,7 @@ impl PgConn {
             };
         }
         self.mark_if_transaction_control(sql);
-        let stmt = if self.cache().enabled() {
+        let stmt = if self.caching {
             self.prepare_cached(sql).await?
         } else {
             tracked!(self, Box::pin(self.client.prepare(sql)))?

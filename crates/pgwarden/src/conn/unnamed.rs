@@ -48,7 +48,7 @@ impl PgConn {
         params: &[&'p (dyn ToSql + Sync)],
     ) -> Option<(&'a str, Vec<(&'p (dyn ToSql + Sync), Type)>)> {
         let text = sql.text()?;
-        if self.cache().enabled() {
+        if self.caching {
             return None;
         }
         let mut scratch = bytes::BytesMut::new();
