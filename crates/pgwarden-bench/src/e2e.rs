@@ -272,15 +272,7 @@ pub(crate) async fn setup(pg: &tokio_postgres::Config) -> Result<Env, AnyErr> {
     let lat_uncached = pgwarden_manager(pg, Lib::PgwardenUncached.app(true), 0, 1).await?;
     let tp = pgwarden_manager(pg, Lib::Pgwarden.app(false), 1000, POOL_SIZE).await?;
 
-    let mgr = deadpool_postgres::Manager::from_config(
-        app_config(pg, Lib::Deadpool.app(false)),
-        NoTls,
-        deadpool_postgres::ManagerConfig::default(),
-    );
-    let deadpool = deadpool_postgres::Pool::builder(mgr)
-        .max_size(POOL_SIZE as usize)
-        .runtime(deadpool_postgres::Runtime::Tokio1)
-        .build()?;
+    let deadpool = deadpool_pool(app_config(pg, Lib::Deadpool.app(false)), POOL_SIZE as usize)?;
     // Open all its connections now (deadpool opens lazily), as pgwarden's are.
     {
         let mut held = Vec::new();
@@ -543,4 +535,21 @@ pub(crate) async fn run(env: &Env, s: E2e, cfg: Cfg, round: usize) -> Result<Sam
             .await
         }
     }
+}
+
+/// A deadpool-postgres pool at its defaults (`RecyclingMethod::Fast`, no wait timeout) with
+/// `size` connections at most, opened lazily.
+pub(crate) fn deadpool_pool(
+    config: tokio_postgres::Config,
+    size: usize,
+) -> Result<deadpool_postgres::Pool, AnyErr> {
+    let mgr = deadpool_postgres::Manager::from_config(
+        config,
+        NoTls,
+        deadpool_postgres::ManagerConfig::default(),
+    );
+    Ok(deadpool_postgres::Pool::builder(mgr)
+        .max_size(size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()?)
 }

@@ -132,15 +132,7 @@ async fn e2e(pg: &tokio_postgres::Config, lib: &str, n: u64) -> Result<(), AnyEr
             db.close(std::time::Duration::from_secs(1)).await;
         }
         "deadpool" => {
-            let mgr = deadpool_postgres::Manager::from_config(
-                pg.clone(),
-                NoTls,
-                deadpool_postgres::ManagerConfig::default(),
-            );
-            let pool = deadpool_postgres::Pool::builder(mgr)
-                .max_size(1)
-                .runtime(deadpool_postgres::Runtime::Tokio1)
-                .build()?;
+            let pool = crate::e2e::deadpool_pool(pg.clone(), 1)?;
             drop(pool.get().await?);
             mark();
             for _ in 0..n {
@@ -203,15 +195,7 @@ async fn contended(pg: &tokio_postgres::Config, lib: &str, n: u64) -> Result<(),
             });
         }
     } else {
-        let mgr = deadpool_postgres::Manager::from_config(
-            pg.clone(),
-            NoTls,
-            deadpool_postgres::ManagerConfig::default(),
-        );
-        let pool = deadpool_postgres::Pool::builder(mgr)
-            .max_size(CONTENDED_CONNS as usize)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()?;
+        let pool = crate::e2e::deadpool_pool(pg.clone(), CONTENDED_CONNS as usize)?;
         let mut held = Vec::new();
         for _ in 0..CONTENDED_CONNS {
             let c = pool.get().await?;
