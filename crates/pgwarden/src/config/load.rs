@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use super::parse::{
     parse_bool, parse_bytes, parse_count, parse_duration, parse_percent, ParseError,
 };
-use super::syntax::redact_unparsed;
+use super::syntax::{edit_distance, redact_unparsed};
 use super::{Config, ConfigError, DbTarget, Problem, Profile, Source};
 
 /// Every variable pgwarden reads, in the order of DESIGN.md's table (`APP_ENV`, the host
@@ -86,21 +86,6 @@ pub(crate) fn from_os(vars: impl Iterator<Item = (OsString, OsString)>) -> RawVa
         Some((k, v))
     })
     .collect()
-}
-
-/// Levenshtein distance (ASCII case-sensitive), for "did you mean".
-pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 /// The known variable closest to `name` (case-insensitive), if within distance 2.

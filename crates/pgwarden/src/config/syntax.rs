@@ -240,9 +240,7 @@ fn apply(key: &str, value: String, raw: &mut Raw) -> Result<(), TargetError> {
         }
         k => {
             let known = OWN.iter().chain(PASSTHROUGH).chain(UNSUPPORTED_TLS);
-            let close = known
-                .copied()
-                .find(|c| super::load::edit_distance(c, k) <= 2);
+            let close = known.copied().find(|c| edit_distance(c, k) <= 2);
             // Unknown keys are named only when they are a near miss of a known one: anything
             // else may be a fragment of a mistyped password.
             return Err(match close {
@@ -431,4 +429,19 @@ pub(crate) fn redact_unparsed(s: &str) -> String {
     }
     masked.push_str(rest);
     masked.replace("=******", "=***")
+}
+
+/// Levenshtein distance (ASCII case-sensitive), for "did you mean".
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }

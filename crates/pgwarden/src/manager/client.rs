@@ -5,7 +5,7 @@ use std::future::Future;
 
 use tokio_postgres::Row;
 
-use super::call::Params;
+use super::op::Params;
 use super::stream::RowStream;
 use super::tx::{Savepoint, Tx};
 use super::PoolManager;

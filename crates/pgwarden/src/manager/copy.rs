@@ -129,7 +129,7 @@ impl PoolManager {
 #[allow(clippy::result_large_err)] // a private helper of the async public calls
 fn started_on<T>(
     conn: Conn,
-    result: super::call::AttemptResult<T>,
+    result: super::op::AttemptResult<T>,
     discard: bool,
 ) -> Result<(T, Conn), Error> {
     match result {

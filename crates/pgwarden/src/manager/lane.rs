@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use super::call::{refused_as_read_only, AttemptResult, Op, Params, READ_ONLY_SQL_TRANSACTION};
+use super::op::{refused_as_read_only, AttemptResult, Op, Params, READ_ONLY_SQL_TRANSACTION};
 use super::route::{Marking, PoolId};
 use super::PoolManager;
 use crate::error::Error;

@@ -7,7 +7,8 @@ use futures_util::Stream;
 use tokio::time::Instant;
 use tokio_postgres::Row;
 
-use super::call::{bounded, checkout, AttemptResult, Ctx, Params, Retrying};
+use super::call::{bounded, checkout, Ctx, Retrying};
+use super::op::{AttemptResult, Params};
 use super::route::Marking;
 use super::tx::Tx;
 use super::PoolManager;

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::call::{bounded, checkout, refused_as_read_only, Ctx, Retrying};
+use super::call::{bounded, checkout, Ctx, Retrying};
+use super::op::refused_as_read_only;
 use super::route::Marking;
 use super::tx::{rolled_back, Shared, Tx};
 use super::tx_options::TxOptions;

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio_postgres::Row;
 
-use super::call::{bounded, Ctx, Params};
+use super::call::{bounded, Ctx};
+use super::op::Params;
 use super::PoolManager;
 use crate::conn::PgConn;
 use crate::error::Error;
