@@ -6,8 +6,6 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use crate::util::AnyErr;
-
 /// How often the count is taken: often enough to see a burst of connects, rare enough that
 /// the monitoring queries cost the server well under 1% of its CPU.
 const EVERY: Duration = Duration::from_millis(20);
@@ -21,7 +19,10 @@ pub(crate) struct PeakSampler {
 
 impl PeakSampler {
     /// Samples from now until `end`; the task yields the highest count seen.
-    pub(crate) fn spawn(self, end: Instant) -> tokio::task::JoinHandle<Result<i64, AnyErr>> {
+    pub(crate) fn spawn(
+        self,
+        end: Instant,
+    ) -> tokio::task::JoinHandle<Result<i64, Box<dyn std::error::Error + Send + Sync>>> {
         tokio::spawn(async move {
             let mut peak = 0;
             loop {

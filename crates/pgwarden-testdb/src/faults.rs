@@ -2,7 +2,6 @@
 
 use nix::sys::signal::Signal;
 
-use crate::server::ControlState;
 use crate::sys;
 use crate::{HarnessError, PgServer};
 
@@ -46,19 +45,12 @@ impl PgServer {
     /// None today; kept fallible for symmetry.
     pub fn resume(&self) -> Result<(), HarnessError> {
         let mut control = self.lock_control();
-        resume_locked(&mut control);
+        control.resume_paused();
         Ok(())
     }
 
     /// True between `pause` and `resume`.
     pub fn is_paused(&self) -> bool {
         !self.lock_control().paused.is_empty()
-    }
-}
-
-pub(crate) fn resume_locked(control: &mut ControlState) {
-    // Children before the postmaster (first in the list), so it finds them running.
-    for pid in control.paused.drain(..).rev() {
-        sys::signal(pid, Signal::SIGCONT);
     }
 }

@@ -69,6 +69,16 @@ pub(crate) struct ControlState {
     pub(crate) paused: Vec<i32>,
 }
 
+impl ControlState {
+    /// Lets every paused process run again.
+    pub(crate) fn resume_paused(&mut self) {
+        // Children before the postmaster (first in the list), so it finds them running.
+        for pid in self.paused.drain(..).rev() {
+            sys::signal(pid, Signal::SIGCONT);
+        }
+    }
+}
+
 /// A throwaway PostgreSQL server in its own temp folder, stopped and removed on drop.
 ///
 /// `Send + Sync`: every method takes `&self`, so tests can share it through an `Arc` and drive
@@ -565,7 +575,7 @@ impl PgServer {
         control: &mut ControlState,
         mode: StopMode,
     ) -> Result<(), HarnessError> {
-        crate::faults::resume_locked(control);
+        control.resume_paused();
         let Some(pid) = self.postmaster_pid() else {
             return Ok(());
         };
@@ -646,7 +656,7 @@ impl PgServer {
 impl Drop for PgServer {
     fn drop(&mut self) {
         let control = self.control.get_mut().unwrap_or_else(|p| p.into_inner());
-        crate::faults::resume_locked(control);
+        control.resume_paused();
         if let Some(pid) = self.postmaster_pid() {
             // What `pg_ctl stop -m immediate` does, without its 100 ms polling.
             sys::kill_postmaster(pid, Duration::from_secs(10));

@@ -1,6 +1,7 @@
 //! Metrics: the recorder on the hot path, the snapshot (`metrics()`), the status block
 //! (`status()`) and the Prometheus text.
 
+mod exposition;
 mod prometheus;
 mod read;
 mod recorder;

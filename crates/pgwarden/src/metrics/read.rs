@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::prometheus::Out;
+use super::exposition::Out;
 use crate::manager::route::ReadFallback;
 
 /// Read routing (`read.*`): all zero and false without `DB_READ_URL`.
