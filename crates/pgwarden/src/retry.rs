@@ -68,17 +68,10 @@ fn classify_failure(
 ///   retried: the next attempt may find the server back;
 /// - a permanent connect failure and a closed pool are final.
 pub(crate) fn acquire_verdict(e: &AcquireError, other_pool: bool) -> Verdict {
-    match e {
-        AcquireError::TimedOut { .. } if e.pool_exhausted() => {
-            if other_pool {
-                Verdict::Retry
-            } else {
-                Verdict::Fail
-            }
-        }
-        AcquireError::TimedOut { .. } => Verdict::Retry,
-        AcquireError::Connect(c) if !c.is_permanent() => Verdict::Retry,
-        _ => Verdict::Fail,
+    if e.is_retryable() || (other_pool && e.pool_exhausted()) {
+        Verdict::Retry
+    } else {
+        Verdict::Fail
     }
 }
 
@@ -270,6 +263,9 @@ mod tests {
         ];
         for (e, other_pool, want) in table {
             assert_eq!(acquire_verdict(&e, other_pool), want, "{e}");
+            if !other_pool {
+                assert_eq!(e.is_retryable(), want == Verdict::Retry, "{e}");
+            }
         }
         let text = timed_out(2, None).to_string();
         assert!(

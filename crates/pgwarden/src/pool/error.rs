@@ -172,11 +172,16 @@ impl AcquireError {
             if status.in_use >= status.max)
     }
 
-    /// True when another attempt on the same pool may succeed: see
-    /// the retry module's `acquire_verdict` (not after a timeout on an exhausted pool, nor after a
-    /// permanent connect failure or a close).
+    /// True when another attempt on the same pool may succeed: after a timeout while connects
+    /// were failing or slow, or a transient connect failure — not after a timeout on an
+    /// exhausted pool (waiting longer for a full pool adds load where it hurts most), nor after
+    /// a permanent connect failure or a close. The retry module's `acquire_verdict` builds on it.
     pub fn is_retryable(&self) -> bool {
-        crate::retry::acquire_verdict(self, false) == crate::retry::Verdict::Retry
+        match self {
+            AcquireError::TimedOut { .. } => !self.pool_exhausted(),
+            AcquireError::Connect(c) => !c.is_permanent(),
+            _ => false,
+        }
     }
 
     /// True for a timeout.
