@@ -409,7 +409,16 @@ impl PgConnector {
                         if self.opts.init_sql.is_some() || self.opts.after_connect.is_some() {
                             // Cancellation safety: on failure (or if this future is dropped)
                             // the connection is dropped here, which closes it.
-                            crate::hooks::after_connect(&self.opts, &conn, &h.label).await?;
+                            let o = &self.opts;
+                            let (sql, hook) = (o.init_sql.as_deref(), o.after_connect.as_ref());
+                            crate::hooks::after_connect(
+                                sql,
+                                hook,
+                                o.connect_timeout,
+                                &conn,
+                                &h.label,
+                            )
+                            .await?;
                         }
                         return Ok(conn);
                     }

@@ -7,11 +7,11 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::FutureExt;
 
 use crate::conn::PgConn;
-use crate::connect::ConnectOptions;
 use crate::pool::{ConnectError, KillSwitch};
 
 /// What a hook returns.
@@ -23,7 +23,7 @@ pub type HookFuture<'c> = Pin<Box<dyn Future<Output = HookResult> + Send + 'c>>;
 type AfterConnectFn = dyn for<'c> Fn(&'c PgConn) -> HookFuture<'c> + Send + Sync;
 
 /// Code run on every new connection before the pool hands it out (after
-/// [`ConnectOptions::init_sql`]): session settings, type registration … (not `LISTEN`: pooled
+/// [`crate::ConnectOptions::init_sql`]): session settings, type registration … (not `LISTEN`: pooled
 /// connections drop notifications; see [`crate::PoolManager::listener`]). It runs
 /// within the connect timeout; an error, a panic or a hang there is a connect failure and the
 /// connection is closed. What it sets on the session stays (the pool's reset does not undo it,
@@ -250,7 +250,9 @@ pub(crate) async fn after_release(
 /// Runs `DB_CONNECT_INIT_SQL` and the after-connect hook on a new connection, within the
 /// connect timeout. On failure the caller drops `conn`, which closes it.
 pub(crate) async fn after_connect(
-    opts: &ConnectOptions,
+    init_sql: Option<&str>,
+    hook: Option<&AfterConnect>,
+    connect_timeout: Duration,
     conn: &PgConn,
     label: &str,
 ) -> Result<(), ConnectError> {
@@ -260,12 +262,12 @@ pub(crate) async fn after_connect(
     // timeout here, and when the pool's own connect bound drops this future.
     let mut unfinished = Unfinished(Some(conn.kill_switch()));
     let work = async {
-        if let Some(sql) = &opts.init_sql {
+        if let Some(sql) = init_sql {
             conn.run_init_sql(sql)
                 .await
                 .map_err(|e| init_sql_error(label, &e))?;
         }
-        if let Some(hook) = &opts.after_connect {
+        if let Some(hook) = hook {
             // Called inside the future, so a panic in the call itself is caught too.
             let run = AssertUnwindSafe(async { (hook.0)(conn).await }).catch_unwind();
             match run.await {
@@ -296,7 +298,7 @@ pub(crate) async fn after_connect(
         }
         Ok(())
     };
-    match tokio::time::timeout(opts.connect_timeout, work).await {
+    match tokio::time::timeout(connect_timeout, work).await {
         Ok(r) => {
             if conn.in_flight() == 0 {
                 unfinished.0 = None;
@@ -307,7 +309,7 @@ pub(crate) async fn after_connect(
             label,
             format!(
                 "DB_CONNECT_INIT_SQL or the after-connect hook did not finish within {}ms (DB_CONNECT_TIMEOUT)",
-                opts.connect_timeout.as_millis()
+                connect_timeout.as_millis()
             ),
         )),
     }
