@@ -63,9 +63,8 @@ async fn pump(client: TcpStream, server: TcpStream, ready: Arc<AtomicU64>) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            if cw.write_all(&buf[..n]).await.is_err() {
-                break;
-            }
+            // Counted before the bytes go on: once the client has read a ReadyForQuery, the
+            // count includes it (counting after forwarding raced the client's next read).
             pending.extend_from_slice(&buf[..n]);
             let mut at = 0;
             while pending.len() >= at + 5 {
@@ -79,6 +78,9 @@ async fn pump(client: TcpStream, server: TcpStream, ready: Arc<AtomicU64>) {
                 at += 1 + len;
             }
             pending.drain(..at);
+            if cw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
         }
     };
     tokio::join!(up, down);
