@@ -279,6 +279,9 @@ enum Settled<'a, T> {
     Retry(Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>),
 }
 
+/// Counts a call whose first attempt ended, or hands back the retry loop (boxed) when the
+/// attempt's verdict allows another. A plain function, so that nothing of it is kept in the
+/// call's future across an await.
 fn settle<'a, O: Op>(
     db: &'a PoolManager,
     sql: &'a str,
@@ -381,7 +384,8 @@ struct Attempted<T> {
     started: Instant,
     /// A reading taken when the attempt ended.
     ended: Instant,
-    /// `ended - started`.
+    /// `ended - started`, carried from its parts (the wait and the statement) so that the
+    /// call's metrics need no clock subtraction of their own.
     elapsed: Duration,
     /// The pool asked (its index) and the time spent waiting for it.
     pool: usize,
@@ -447,6 +451,8 @@ async fn attempt<O: Op>(
             // The failure path reads the clock; it did not wait when it has no reading.
             let ended = Instant::now();
             let started = started.unwrap_or(ended);
+            // Nothing ran: the whole attempt was the wait.
+            let waited = ended.saturating_duration_since(started);
             if e.connect_error().is_some() {
                 router.note_reachable(id, false);
             }
@@ -455,9 +461,9 @@ async fn attempt<O: Op>(
                 outcome: Err((Error::Acquire(e), v)),
                 started,
                 ended,
-                elapsed: ended.saturating_duration_since(started),
+                elapsed: waited,
                 pool: id.index(),
-                waited: ended.saturating_duration_since(started),
+                waited,
             };
         }
     };
